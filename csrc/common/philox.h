@@ -1,0 +1,62 @@
+// Counter-based Philox4x32-10 random numbers, shared by the CPU and the CUDA kernels.
+//
+// A draw is keyed by the logical element index (b * K + k), never by a thread or block id, so the
+// same (seed, offset) gives the same mask on any backend, launch shape or GPU model. The pure-PyTorch
+// fallback (picnn_ext/reference.py) implements the same function with int64 tensor arithmetic.
+#pragma once
+
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define PICNN_HOST_DEVICE __host__ __device__ __forceinline__
+#else
+#define PICNN_HOST_DEVICE inline
+#endif
+
+namespace picnn {
+
+// Multipliers and Weyl increments of Philox4x32 (Salmon et al., "Parallel random numbers: as easy as
+// 1, 2, 3", SC'11).
+constexpr uint32_t kPhiloxM0 = 0xD2511F53u;
+constexpr uint32_t kPhiloxM1 = 0xCD9E8D57u;
+constexpr uint32_t kPhiloxW0 = 0x9E3779B9u;
+constexpr uint32_t kPhiloxW1 = 0xBB67AE85u;
+
+struct PhiloxBlock {
+  uint32_t v[4];
+};
+
+PICNN_HOST_DEVICE uint32_t mul_hi_lo(uint32_t a, uint32_t b, uint32_t* hi) {
+  const uint64_t product = static_cast<uint64_t>(a) * static_cast<uint64_t>(b);
+  *hi = static_cast<uint32_t>(product >> 32);
+  return static_cast<uint32_t>(product);
+}
+
+// Ten rounds of Philox4x32 on `counter` under `key`.
+PICNN_HOST_DEVICE PhiloxBlock philox4x32_10(PhiloxBlock counter, uint32_t key0, uint32_t key1) {
+#if defined(__CUDACC__)
+#pragma unroll
+#endif
+  for (int round = 0; round < 10; ++round) {
+    uint32_t hi0, hi1;
+    const uint32_t lo0 = mul_hi_lo(kPhiloxM0, counter.v[0], &hi0);
+    const uint32_t lo1 = mul_hi_lo(kPhiloxM1, counter.v[2], &hi1);
+    counter = PhiloxBlock{{hi1 ^ counter.v[1] ^ key0, lo1, hi0 ^ counter.v[3] ^ key1, lo0}};
+    key0 += kPhiloxW0;
+    key1 += kPhiloxW1;
+  }
+  return counter;
+}
+
+// Uniform float in [0, 1) for element `index` of the draw identified by (seed, offset): the counter
+// is (index, offset) and the key is the seed. 24 random bits, so every value is exact in float32 and
+// `u < p` is the same comparison on every backend.
+PICNN_HOST_DEVICE float philox_uniform(uint64_t seed, uint64_t offset, uint64_t index) {
+  const PhiloxBlock counter{{static_cast<uint32_t>(index), static_cast<uint32_t>(index >> 32),
+                             static_cast<uint32_t>(offset), static_cast<uint32_t>(offset >> 32)}};
+  const PhiloxBlock out =
+      philox4x32_10(counter, static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
+  return static_cast<float>(out.v[0] >> 8) * (1.0f / 16777216.0f);
+}
+
+}  // namespace picnn

@@ -1,0 +1,133 @@
+"""Registration of the ops with the PyTorch dispatcher: the pure-PyTorch backend, fake (meta) kernels and
+autograd, for a namespace.
+
+Two namespaces exist:
+- `picnn`: the compiled ops (schemas in csrc/picnn.cpp). Where a compiled part is missing, the pure-PyTorch
+  kernels fill in for it, so `torch.ops.picnn.*` always works.
+- `picnn_py`: the pure-PyTorch backend alone, always registered, so that it can be forced
+  (PICNN_EXT_BACKEND=python) and compared with the compiled one in the same process.
+"""
+from __future__ import annotations
+
+import torch
+
+from . import reference
+from ._checks import check_gate_args, check_grad_like, check_sample_class_args, check_tensor
+
+# Must equal the schemas in csrc/picnn.cpp (tests/test_registration.py checks it).
+SCHEMAS = {
+    "bernoulli_gate": "bernoulli_gate(Tensor x, Tensor p, bool hard, Tensor? noise, Generator? generator, "
+                      "int channel_dim) -> (Tensor, Tensor)",
+    "bernoulli_gate_backward": "bernoulli_gate_backward(Tensor grad_y, Tensor x, Tensor mask, int channel_dim) "
+                               "-> (Tensor, Tensor)",
+    "sample_class": "sample_class(Tensor logits, Tensor? noise, Generator? generator) -> (Tensor, Tensor)",
+    "sample_class_backward": "sample_class_backward(Tensor grad_onehot, Tensor logits) -> Tensor",
+    "philox_uniform": "philox_uniform(Tensor like, int seed, int offset) -> Tensor",
+}
+
+PYTHON_KERNELS = {
+    "bernoulli_gate": reference.bernoulli_gate,
+    "bernoulli_gate_backward": reference.bernoulli_gate_backward,
+    "sample_class": reference.sample_class,
+    "sample_class_backward": reference.sample_class_backward,
+    "philox_uniform": reference.philox_uniform,
+}
+
+# torch.library.Library objects unregister their ops when collected: keep them for the process's life.
+_LIBRARIES: list = []
+
+
+# ---- fake kernels: output metadata only, the same as the real kernels' ----
+
+def _fake_bernoulli_gate(x, p, hard, noise, generator, channel_dim):
+    layout = check_gate_args(x, p, noise, channel_dim)
+    return torch.empty_like(x, memory_format=layout.memory_format), p.new_empty(p.shape)
+
+
+def _fake_bernoulli_gate_backward(grad_y, x, mask, channel_dim):
+    layout = check_gate_args(x, mask, None, channel_dim, p_name="mask")
+    check_grad_like(grad_y, x, "bernoulli_gate_backward", "grad_y", "x")
+    return torch.empty_like(x, memory_format=layout.memory_format), mask.new_empty(mask.shape)
+
+
+def _fake_sample_class(logits, noise, generator):
+    check_sample_class_args(logits, noise)
+    return (torch.empty_like(logits, memory_format=torch.contiguous_format),
+            logits.new_empty(logits.shape[0], dtype=torch.int64))
+
+
+def _fake_sample_class_backward(grad_onehot, logits):
+    check_grad_like(grad_onehot, logits, "sample_class_backward", "grad_onehot", "logits")
+    return torch.empty_like(logits, memory_format=torch.contiguous_format)
+
+
+def _fake_philox_uniform(like, seed, offset):
+    check_tensor(like, "philox_uniform", "like")
+    return like.new_empty(like.shape, dtype=torch.float32)
+
+
+FAKE_KERNELS = {
+    "bernoulli_gate": _fake_bernoulli_gate,
+    "bernoulli_gate_backward": _fake_bernoulli_gate_backward,
+    "sample_class": _fake_sample_class,
+    "sample_class_backward": _fake_sample_class_backward,
+    "philox_uniform": _fake_philox_uniform,
+}
+
+
+# ---- autograd: the straight-through backward of each op, through the same namespace's backward op ----
+
+def _register_autograd(namespace: str) -> None:
+    ops = getattr(torch.ops, namespace)
+
+    def gate_setup_context(ctx, inputs, output):
+        x, _p, _hard, _noise, _generator, channel_dim = inputs
+        _y, mask = output
+        ctx.save_for_backward(x, mask)
+        ctx.channel_dim = channel_dim
+        ctx.mark_non_differentiable(mask)
+
+    def gate_backward(ctx, grad_y, _grad_mask):
+        x, mask = ctx.saved_tensors
+        if grad_y is None:
+            return None, None, None, None, None, None
+        grad_x, grad_p = ops.bernoulli_gate_backward(grad_y, x, mask, ctx.channel_dim)
+        return grad_x, grad_p, None, None, None, None
+
+    def sample_setup_context(ctx, inputs, output):
+        logits, _noise, _generator = inputs
+        ctx.save_for_backward(logits)
+        ctx.mark_non_differentiable(output[1])
+
+    def sample_backward(ctx, grad_onehot, _grad_index):
+        (logits,) = ctx.saved_tensors
+        if grad_onehot is None:
+            return None, None, None
+        return ops.sample_class_backward(grad_onehot, logits), None, None
+
+    torch.library.register_autograd(f"{namespace}::bernoulli_gate", gate_backward, setup_context=gate_setup_context)
+    torch.library.register_autograd(f"{namespace}::sample_class", sample_backward, setup_context=sample_setup_context)
+
+
+def define_python_namespace(namespace: str) -> None:
+    """Define every op in `namespace` with the pure-PyTorch kernels for all devices, plus fakes and autograd."""
+    library = torch.library.Library(namespace, "DEF")
+    _LIBRARIES.append(library)
+    for name, schema in SCHEMAS.items():
+        library.define(schema)
+        library.impl(name, PYTHON_KERNELS[name], "CompositeExplicitAutograd")
+    register_fakes_and_autograd(namespace)
+
+
+def fill_in_python_kernels(namespace: str, dispatch_key: str) -> None:
+    """Serve one device type of a compiled namespace with the pure-PyTorch kernels."""
+    library = torch.library.Library(namespace, "IMPL")
+    _LIBRARIES.append(library)
+    for name in SCHEMAS:
+        library.impl(name, PYTHON_KERNELS[name], dispatch_key)
+
+
+def register_fakes_and_autograd(namespace: str) -> None:
+    for name, fake in FAKE_KERNELS.items():
+        torch.library.register_fake(f"{namespace}::{name}", fake)
+    _register_autograd(namespace)

@@ -1,0 +1,83 @@
+"""The public ops of picnn_ext and the choice of backend.
+
+    y, mask = bernoulli_gate(x, p, hard=True, noise=None, generator=None, channel_dim=1)
+    onehot_st, index = sample_class(logits, noise=None, generator=None)
+
+Each call goes to the compiled kernels for the tensor's device (`torch.ops.picnn`) where they were built
+and load, else to the pure-PyTorch backend (`torch.ops.picnn_py`) with one warning that says why.
+PICNN_EXT_BACKEND=python forces the pure-PyTorch backend, =native forces the compiled one (an error where
+it is missing). See DESIGN.md section 2 for the math.
+"""
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from . import _ext, _registration
+from ._checks import check_tensor
+
+__all__ = ["bernoulli_gate", "sample_class", "philox_uniform", "backend_for"]
+
+_registration.define_python_namespace("picnn_py")
+if _ext.CPU_LIBRARY.loaded:
+    _registration.register_fakes_and_autograd("picnn")
+    if not _ext.CUDA_LIBRARY.loaded:
+        _registration.fill_in_python_kernels("picnn", "CUDA")
+else:
+    _registration.define_python_namespace("picnn")
+
+_warned_devices: set[str] = set()
+
+
+def backend_for(device: torch.device | str) -> str:
+    """'native' or 'python': the backend that serves tensors on `device` under the current settings."""
+    device_type = torch.device(device).type
+    if _ext.BACKEND not in _ext.BACKEND_CHOICES:
+        raise ValueError(f"PICNN_EXT_BACKEND must be one of {', '.join(_ext.BACKEND_CHOICES)}, got {_ext.BACKEND!r}")
+    if _ext.BACKEND == "python" or device_type == "meta":
+        return "python"
+    if _ext.native_available(device_type):
+        return "native"
+    if _ext.BACKEND == "native":
+        raise RuntimeError(f"PICNN_EXT_BACKEND=native, but there are no compiled kernels for {device_type} tensors: "
+                           f"{_ext.missing_reason(device_type)}")
+    if device_type not in _warned_devices and not torch.compiler.is_compiling():
+        _warned_devices.add(device_type)
+        warnings.warn(f"picnn_ext: using the pure-PyTorch fallback for {device_type} tensors because the compiled "
+                      f"kernels are missing: {_ext.missing_reason(device_type)}", RuntimeWarning, stacklevel=3)
+    return "python"
+
+
+def _ops(tensor, op: str, name: str):
+    check_tensor(tensor, op, name)
+    return torch.ops.picnn if backend_for(tensor.device) == "native" else torch.ops.picnn_py
+
+
+def bernoulli_gate(x: torch.Tensor, p: torch.Tensor, *, hard: bool = True, noise: torch.Tensor | None = None,
+                   generator: torch.Generator | None = None, channel_dim: int = 1):
+    """Gate each (sample, channel) of `x` by a mask drawn from `p`; returns `(y, mask)`.
+
+    x: (B, K, *S) with channel_dim=1, or (B, *S, K) with channel_dim=-1; float32/64, float16, bfloat16.
+    p: (B, K) probabilities in [0, 1].
+    hard=True: mask = 1 where u < p, u uniform in [0, 1) (`noise` when given, else drawn from `generator`);
+    hard=False: mask = p (a soft gate).
+    y = x * mask. Backward (straight-through): grad_x = grad_y * mask, grad_p = sum over positions of
+    grad_y * x. `mask` carries no gradient.
+    """
+    return _ops(x, "bernoulli_gate", "x").bernoulli_gate(x, p, bool(hard), noise, generator, int(channel_dim))
+
+
+def sample_class(logits: torch.Tensor, *, noise: torch.Tensor | None = None,
+                 generator: torch.Generator | None = None):
+    """One class per row drawn from softmax(logits); returns `(onehot_st, index)`.
+
+    The forward value of `onehot_st` is the exact one-hot of `index`; its gradient is that of softmax(logits)
+    (straight-through). `noise`: (B,) uniforms in [0, 1) to make the draw explicit.
+    """
+    return _ops(logits, "sample_class", "logits").sample_class(logits, noise, generator)
+
+
+def philox_uniform(like: torch.Tensor, seed: int, offset: int) -> torch.Tensor:
+    """The float32 uniforms a gate draws for key (seed, offset), shaped like the (B, K) tensor `like`."""
+    return _ops(like, "philox_uniform", "like").philox_uniform(like, int(seed), int(offset))

@@ -1,0 +1,157 @@
+"""Pure-PyTorch versions of the ops: the fallback backend and the readable statement of what the
+compiled kernels compute.
+
+The random draws use the same counter-based Philox4x32-10 function as csrc/common/philox.h, keyed by the
+element index, written with int64 tensor arithmetic; on the CPU the per-call seed comes from the same
+aten::random_ call as in the C++ kernel, so this backend and the compiled CPU backend draw identical masks
+after the same torch.manual_seed.
+"""
+from __future__ import annotations
+
+import torch
+
+from ._checks import check_gate_args, check_grad_like, check_sample_class_args, opmath_dtype
+
+_MASK32 = 0xFFFFFFFF
+_PHILOX_M0, _PHILOX_M1 = 0xD2511F53, 0xCD9E8D57
+_PHILOX_W0, _PHILOX_W1 = 0x9E3779B9, 0xBB67AE85
+
+
+def _mul_hi_lo(a: torch.Tensor, m: int):
+    """(hi, lo) 32-bit words of a * m, for int64 `a` in [0, 2^32) and a 32-bit constant m.
+
+    The 64-bit product does not fit int64, so m is split in 16-bit halves: a * m = t_hi * 2^16 + t_lo with
+    both partial products below 2^48.
+    """
+    t_lo = a * (m & 0xFFFF)
+    t_hi = a * (m >> 16)
+    low_part = ((t_hi & 0xFFFF) << 16) + t_lo  # < 2^49
+    return (t_hi >> 16) + (low_part >> 32), low_part & _MASK32
+
+
+def philox4x32_10(counter, key):
+    """Ten Philox4x32 rounds; counter: 4 int64 tensors (or ints), key: 2; each a 32-bit value."""
+    c0, c1, c2, c3 = (torch.as_tensor(c, dtype=torch.int64) for c in counter)
+    k0, k1 = key
+    for _ in range(10):
+        hi0, lo0 = _mul_hi_lo(c0, _PHILOX_M0)
+        hi1, lo1 = _mul_hi_lo(c2, _PHILOX_M1)
+        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+        k0 = (k0 + _PHILOX_W0) & _MASK32
+        k1 = (k1 + _PHILOX_W1) & _MASK32
+    return c0, c1, c2, c3
+
+
+def philox_uniform(like: torch.Tensor, seed, offset) -> torch.Tensor:
+    """float32 uniforms in [0, 1) shaped like `like`, element i keyed by (seed, offset, i).
+
+    `seed` and `offset` are ints or int64 tensors on like's device (a tensor seed keeps the draw free of
+    host synchronisation).
+    """
+    index = torch.arange(like.numel(), dtype=torch.int64, device=like.device)
+    seed = torch.as_tensor(seed, dtype=torch.int64, device=like.device)
+    offset = torch.as_tensor(offset, dtype=torch.int64, device=like.device)
+    word, _, _, _ = philox4x32_10((index & _MASK32, (index >> 32) & _MASK32, offset & _MASK32, (offset >> 32) & _MASK32),
+                                  (seed & _MASK32, (seed >> 32) & _MASK32))
+    return ((word >> 8).to(torch.float32) * (1.0 / 16777216.0)).reshape(like.shape)
+
+
+def draw_seed(generator, device) -> torch.Tensor:
+    """One Philox seed per call, as a 0-dim int64 tensor on `device` (no host synchronisation)."""
+    return torch.empty((), dtype=torch.int64, device=device).random_(generator=generator)
+
+
+def check_probabilities(p: torch.Tensor) -> None:
+    """p must hold probabilities: NaN or a value outside [0, 1] would silently become a 0 mask."""
+    bad = (p < 0) | (p > 1) | p.isnan()
+    message = "bernoulli_gate: p must hold probabilities in [0, 1] (no NaN)"
+    if p.device.type == "cpu":
+        if bad.any():
+            b, k = bad.nonzero()[0].tolist()
+            raise ValueError(f"{message}; p[{b}, {k}] = {p[b, k].item()}")
+    else:
+        torch._assert_async(~bad.any(), message)  # device-side: no synchronisation
+
+
+def _broadcast_over_positions(per_channel: torch.Tensor, x: torch.Tensor, channel_dim: int) -> torch.Tensor:
+    """(B, K) viewed so that it broadcasts against x with channels on `channel_dim` (1 or last)."""
+    ones = [1] * (x.dim() - 2)
+    if channel_dim == 1:
+        return per_channel.view(per_channel.shape[0], per_channel.shape[1], *ones)
+    return per_channel.view(per_channel.shape[0], *ones, per_channel.shape[1])
+
+
+def gate_mask(p, hard, noise=None, generator=None):
+    """mask[b, k] in p's dtype: 1 where u < p (hard) or p itself (soft)."""
+    check_probabilities(p)
+    if not hard:
+        return p.clone(memory_format=torch.contiguous_format)
+    acc = opmath_dtype(p.dtype)
+    u = noise if noise is not None else philox_uniform(p, draw_seed(generator, p.device), 0)
+    return (u.to(acc) < p.to(acc)).to(p.dtype).contiguous()
+
+
+def bernoulli_gate(x, p, hard=True, noise=None, generator=None, channel_dim=1):
+    """y = x * mask broadcast over positions; returns (y, mask)."""
+    layout = check_gate_args(x, p, noise, channel_dim)
+    mask = gate_mask(p, hard, noise, generator)
+    acc = opmath_dtype(x.dtype)
+    scale = _broadcast_over_positions(mask.to(acc), x, layout.channel_dim)
+    y = (x.to(acc) * scale).to(x.dtype).contiguous(memory_format=layout.memory_format)
+    return y, mask
+
+
+def bernoulli_gate_backward(grad_y, x, mask, channel_dim):
+    """Straight-through backward: (grad_x, grad_p) = (grad_y * mask, sum over positions of grad_y * x)."""
+    layout = check_gate_args(x, mask, None, channel_dim, p_name="mask")
+    check_grad_like(grad_y, x, "bernoulli_gate_backward", "grad_y", "x")
+    acc = opmath_dtype(x.dtype)
+    g = grad_y.to(acc)
+    grad_x = (g * _broadcast_over_positions(mask.to(acc), x, layout.channel_dim)).to(x.dtype)
+    grad_x = grad_x.contiguous(memory_format=layout.memory_format)
+    positions = [d for d in range(1, x.dim()) if d != layout.channel_dim]
+    product = g * x.to(acc)
+    grad_p = product.sum(positions) if positions else product
+    return grad_x, grad_p.to(mask.dtype).reshape(layout.batch, layout.channels)
+
+
+def _check_finite_rows(logits: torch.Tensor) -> None:
+    message = "sample_class: logits must not be NaN and each row needs a finite maximum"
+    bad = logits.isnan().any(-1) | ~logits.max(-1).values.isfinite() if logits.numel() else logits.new_zeros(0, dtype=torch.bool)
+    if logits.device.type == "cpu":
+        if bad.any():
+            raise ValueError(f"{message}; row {bad.nonzero()[0].item()} is not")
+    else:
+        torch._assert_async(~bad.any(), message)
+
+
+def sample_class(logits, noise=None, generator=None):
+    """One categorical draw per row of softmax(logits): (exact one-hot in logits' dtype, int64 index)."""
+    check_sample_class_args(logits, noise)
+    _check_finite_rows(logits)
+    batch, classes = logits.shape
+    acc = opmath_dtype(logits.dtype)
+    if noise is not None:
+        u = noise.to(acc)
+    else:
+        u = philox_uniform(logits.new_empty(batch, 1), draw_seed(generator, logits.device), 0).view(batch).to(acc)
+    # Inverse CDF on the unnormalised weights: the first class whose running sum exceeds u * total.
+    weights = torch.exp(logits.to(acc) - logits.to(acc).max(-1, keepdim=True).values)
+    running = weights.cumsum(-1)
+    index = (running <= u[:, None] * running[:, -1:]).sum(-1)
+    # Rounding can leave u * total at the total: take the last class of positive weight.
+    last_positive = classes - 1 - (weights > 0).flip(-1).to(torch.int8).argmax(-1)
+    index = torch.where(index >= classes, last_positive, index)
+    onehot = torch.nn.functional.one_hot(index, classes).to(logits.dtype)
+    return onehot, index
+
+
+def sample_class_backward(grad_onehot, logits):
+    """Softmax backward of the straight-through one-hot: pi * (g - sum(pi * g))."""
+    check_grad_like(grad_onehot, logits, "sample_class_backward", "grad_onehot", "logits")
+    acc = opmath_dtype(logits.dtype)
+    pi = torch.softmax(logits.to(acc), dim=-1)
+    g = grad_onehot.to(acc)
+    return (pi * (g - (pi * g).sum(-1, keepdim=True))).to(logits.dtype)
+
+
