@@ -75,9 +75,8 @@ def extensions():
     modules = [CppExtension("picnn_ext._C", ["csrc/picnn.cpp"] + sources("cpu/*.cpp"),
                             extra_compile_args={"cxx": cxx_flags}, extra_link_args=link_flags)]
     if build_cuda:
-        nvcc_flags = opt + ["-std=c++20", "--expt-relaxed-constexpr", "-lineinfo",
-                            f'-DPICNN_CUDA_ARCH_LIST="{arch_list}"']
-        modules.append(CUDAExtension("picnn_ext._C_cuda", sources("cuda/*.cu"),
+        nvcc_flags = opt + ["-std=c++20", "--expt-relaxed-constexpr", "-lineinfo"]
+        modules.append(CUDAExtension("picnn_ext._C_cuda", sources("cuda/*.cu") + sources("cuda/*.cpp"),
                                      extra_compile_args={"cxx": opt + ["-std=c++20", "-fvisibility=hidden"],
                                                          "nvcc": nvcc_flags}))
     config = dict(torch_version=torch.__version__, cpu_compiled=True, cuda_compiled=build_cuda,

@@ -5,9 +5,11 @@ ops fall back to the pure-PyTorch backend (picnn_ext/reference.py).
 """
 from __future__ import annotations
 
+import importlib.machinery
 import importlib.util
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -21,16 +23,27 @@ class LibraryStatus:
     reason: str | None  # why it is not loaded; None when it is
 
 
+_PACKAGE_DIR = str(Path(__file__).resolve().parent)
+
+
+def _find_in_package(module: str):
+    """The spec of a file of this very package folder (an editable install's import hook could otherwise
+    answer with another checkout's file)."""
+    return importlib.machinery.PathFinder.find_spec(f"picnn_ext.{module}", [_PACKAGE_DIR])
+
+
 def _build_config():
-    try:
-        from . import _build_config as config
-    except ImportError:
+    """picnn_ext/_build_config.py, written by setup.py; None when the package was not built by it."""
+    spec = _find_in_package("_build_config")
+    if spec is None:
         return None
+    config = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(config)
     return config
 
 
 def _load_library(module: str) -> LibraryStatus:
-    spec = importlib.util.find_spec(f"picnn_ext.{module}")
+    spec = _find_in_package(module)
     if spec is None or spec.origin is None:
         return LibraryStatus(False, f"the compiled library picnn_ext.{module} is not installed")
     try:

@@ -1,0 +1,78 @@
+"""Bad input raises a clear error naming the argument, on every backend, before anything is written."""
+import pytest
+import torch
+
+
+def gate_args(device, **override):
+    args = dict(x=torch.randn(2, 3, 4, 4, device=device), p=torch.rand(2, 3, device=device), hard=True, noise=None,
+                generator=None, channel_dim=1)
+    args.update(override)
+    return args
+
+
+GATE_CASES = [
+    ("p above 1", dict(p=lambda d: torch.full((2, 3), 1.5, device=d)), ValueError, r"p must hold probabilities"),
+    ("p below 0", dict(p=lambda d: torch.full((2, 3), -0.1, device=d)), ValueError, r"p must hold probabilities"),
+    ("p NaN", dict(p=lambda d: torch.tensor([[0.5, float("nan"), 0.5]] * 2, device=d)), ValueError,
+     r"p must hold probabilities"),
+    ("p NaN soft", dict(p=lambda d: torch.tensor([[0.5, float("nan"), 0.5]] * 2, device=d), hard=lambda d: False), ValueError,
+     r"p must hold probabilities"),
+    ("p shape", dict(p=lambda d: torch.rand(2, 4, device=d)), ValueError, r"p must have shape \(B, K\) = \(2, 3\)"),
+    ("p 1-D", dict(p=lambda d: torch.rand(6, device=d)), ValueError, r"p must have shape"),
+    ("integer x", dict(x=lambda d: torch.ones(2, 3, 4, 4, dtype=torch.int64, device=d)), TypeError,
+     r"x must be a floating-point tensor"),
+    ("integer p", dict(p=lambda d: torch.ones(2, 3, dtype=torch.int64, device=d)), TypeError,
+     r"p must be a floating-point tensor"),
+    ("p on another device", dict(p=lambda d: torch.rand(2, 3, device="meta")), ValueError, r"same device"),
+    ("noise shape", dict(noise=lambda d: torch.rand(3, 2, device=d)), ValueError, r"noise must have the shape of p"),
+    ("noise integer", dict(noise=lambda d: torch.ones(2, 3, dtype=torch.int32, device=d)), TypeError, r"noise must be"),
+    ("channel_dim 2", dict(channel_dim=lambda d: 2), ValueError, r"channel_dim must be 1 or -1"),
+    ("channel_dim out of range", dict(channel_dim=lambda d: 7), ValueError, r"channel_dim must be 1 or -1"),
+    ("x 1-D", dict(x=lambda d: torch.randn(6, device=d)), ValueError, r"x must have at least 2 dims"),
+]
+
+
+@pytest.mark.parametrize("case,override,error,message", GATE_CASES, ids=[c[0] for c in GATE_CASES])
+def test_bernoulli_gate_rejects(backend, case, override, error, message):
+    args = gate_args(backend.device, **{k: v(backend.device) for k, v in override.items()})
+    before = {k: v.clone() for k, v in args.items() if isinstance(v, torch.Tensor) and v.device.type != "meta"}
+    with pytest.raises(error, match=message):
+        backend.gate(**args)
+    for name, value in before.items():  # nothing written into the inputs
+        assert torch.equal(args[name], value) or torch.isnan(value).any()
+
+
+def test_bernoulli_gate_backward_rejects_mismatched_grad(backend):
+    x, mask = torch.randn(2, 3, 4, device=backend.device), torch.ones(2, 3, device=backend.device)
+    with pytest.raises(ValueError, match="grad_y must have the shape of x"):
+        backend.ops.bernoulli_gate_backward(torch.randn(2, 3, 5, device=backend.device), x, mask, 1)
+    with pytest.raises(TypeError, match="grad_y must have the dtype of x"):
+        backend.ops.bernoulli_gate_backward(torch.randn(2, 3, 4, device=backend.device).double(), x, mask, 1)
+
+
+SAMPLE_CASES = [
+    ("logits 1-D", dict(logits=lambda d: torch.randn(5, device=d)), ValueError, r"logits must have shape \(B, C\)"),
+    ("logits no classes", dict(logits=lambda d: torch.randn(5, 0, device=d)), ValueError, r"logits must have shape"),
+    ("logits integer", dict(logits=lambda d: torch.ones(2, 3, dtype=torch.int64, device=d)), TypeError,
+     r"logits must be a floating-point tensor"),
+    ("logits NaN", dict(logits=lambda d: torch.tensor([[0.0, float("nan")]], device=d)), ValueError, r"NaN"),
+    ("logits all -inf", dict(logits=lambda d: torch.full((1, 3), -float("inf"), device=d)), ValueError, r"finite"),
+    ("noise shape", dict(noise=lambda d: torch.rand(2, 3, device=d)), ValueError, r"noise must have shape \(B,\)"),
+    ("noise device", dict(noise=lambda d: torch.rand(2, device="meta")), ValueError, r"same device"),
+]
+
+
+@pytest.mark.parametrize("case,override,error,message", SAMPLE_CASES, ids=[c[0] for c in SAMPLE_CASES])
+def test_sample_class_rejects(backend, case, override, error, message):
+    args = dict(logits=torch.randn(2, 3, device=backend.device), noise=None, generator=None)
+    args.update({k: v(backend.device) for k, v in override.items()})
+    with pytest.raises(error, match=message):
+        backend.sample(**args)
+
+
+def test_public_functions_reject_non_tensors():
+    from picnn_ext import ops
+    with pytest.raises(TypeError, match="x must be a torch.Tensor"):
+        ops.bernoulli_gate([[1.0]], torch.rand(1, 1))
+    with pytest.raises(TypeError, match="logits must be a torch.Tensor"):
+        ops.sample_class("logits")
