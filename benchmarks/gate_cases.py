@@ -1,0 +1,118 @@
+"""The workloads of the gate benchmarks: the fused op and the pure-PyTorch composition it replaces.
+
+The composition is what a user writes without picnn_ext (DESIGN.md section 2):
+    y = x * (p + sg(bernoulli(p) - p))[..., None, None]
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from picnn_ext import ops
+
+
+@dataclass(frozen=True)
+class GateCase:
+    device: str
+    dtype: torch.dtype
+    shape: tuple  # (B, K, H, W) or tokens (B, N, K)
+    layout: str  # "contiguous", "channels_last" or "tokens"
+
+    @property
+    def channel_dim(self) -> int:
+        return -1 if self.layout == "tokens" else 1
+
+    @property
+    def id(self) -> str:
+        dims = "x".join(map(str, self.shape))
+        return f"{self.device}-{str(self.dtype).replace('torch.', '')}-{self.layout}-{dims}"
+
+    def tensors(self):
+        """x, p and grad_y on the device, x in the case's memory layout."""
+        generator = torch.Generator().manual_seed(0)
+        x = torch.randn(self.shape, generator=generator).to(device=self.device, dtype=self.dtype)
+        if self.layout == "channels_last":
+            x = x.contiguous(memory_format=torch.channels_last)
+        B, K = self.shape[0], self.shape[self.channel_dim]
+        p = torch.rand(B, K, generator=generator).to(self.device)
+        grad_y = torch.randn_like(x)
+        return x.requires_grad_(True), p.requires_grad_(True), grad_y
+
+    def bytes_forward(self) -> int:
+        """Bytes the forward must move: read x, write y (the (B, K) mask is negligible)."""
+        return 2 * self.numel * self.element_size
+
+    def bytes_forward_backward(self) -> int:
+        """Forward (read x, write y) plus backward (read grad_y and x, write grad_x)."""
+        return 5 * self.numel * self.element_size
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+    @property
+    def element_size(self) -> int:
+        return torch.empty((), dtype=self.dtype).element_size()
+
+
+def composition_forward(x, p, channel_dim):
+    mask = torch.bernoulli(p.detach())
+    straight_through = p + (mask - p).detach()
+    if channel_dim == 1:
+        return x * straight_through.view(*straight_through.shape, *([1] * (x.dim() - 2))).to(x.dtype)
+    return x * straight_through[:, None, :].to(x.dtype)
+
+
+def fused_forward(x, p, channel_dim):
+    return ops.bernoulli_gate(x, p, channel_dim=channel_dim)[0]
+
+
+IMPLEMENTATIONS = {"fused": fused_forward, "composition": composition_forward}
+
+
+def make_step(case: GateCase, impl: str, backward: bool):
+    """A function running one forward (and backward) of `impl`, synchronised on CUDA so wall time is device time."""
+    x, p, grad_y = case.tensors()
+    forward = IMPLEMENTATIONS[impl]
+    sync = torch.cuda.synchronize if case.device == "cuda" else (lambda: None)
+
+    if backward:
+        def step():
+            y = forward(x, p, case.channel_dim)
+            torch.autograd.grad(y, (x, p), grad_y)
+            sync()
+    else:
+        def step():
+            with torch.no_grad():
+                forward(x, p, case.channel_dim)
+            sync()
+    return step
+
+
+def make_copy(case: GateCase):
+    """One copy of x into a preallocated tensor: the device's attainable bandwidth for this size."""
+    x, _, _ = case.tensors()
+    out = torch.empty_like(x)
+    sync = torch.cuda.synchronize if case.device == "cuda" else (lambda: None)
+
+    def step():
+        out.copy_(x)
+        sync()
+    return step
+
+
+def default_cases() -> list[GateCase]:
+    """The CPU case of the core issue, and the GPU cases where a GPU is present."""
+    cases = [GateCase("cpu", torch.float32, (64, 512, 14, 14), layout) for layout in ("contiguous", "channels_last")]
+    cases.append(GateCase("cpu", torch.float32, (64, 197, 384), "tokens"))
+    if torch.cuda.is_available():
+        for dtype in (torch.float32, torch.bfloat16, torch.float16):
+            for shape in ((256, 2048, 14, 14), (256, 512, 14, 14), (256, 2048, 7, 7), (256, 64, 56, 56)):
+                for layout in ("contiguous", "channels_last"):
+                    cases.append(GateCase("cuda", dtype, shape, layout))
+            cases.append(GateCase("cuda", dtype, (256, 197, 768), "tokens"))
+    return cases

@@ -1,0 +1,92 @@
+// C++ test of the ops through the dispatcher, as a libtorch user calls them (run by ctest). Each check is
+// against a computation with plain ATen ops; the program exits non-zero on the first failure.
+#include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <c10/util/Exception.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <optional>
+#include <tuple>
+
+#include "common/philox.h"
+
+namespace {
+
+int failures = 0;
+
+void expect(bool condition, const char* what) {
+  std::printf("%s: %s\n", condition ? "ok  " : "FAIL", what);
+  if (!condition) ++failures;
+}
+
+using GateFn = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, bool,
+                                                  const std::optional<at::Tensor>&, std::optional<at::Generator>,
+                                                  int64_t);
+using GateBackwardFn = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                          int64_t);
+using SampleFn = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const std::optional<at::Tensor>&,
+                                                    std::optional<at::Generator>);
+
+template <typename Fn>
+c10::TypedOperatorHandle<Fn> op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Fn>();
+}
+
+void test_philox_known_answer() {
+  // Random123 known-answer vector: counter 0, key 0.
+  const picnn::PhiloxBlock out = picnn::philox4x32_10(picnn::PhiloxBlock{{0, 0, 0, 0}}, 0, 0);
+  expect(out.v[0] == 0x6627e8d5u && out.v[1] == 0xe169c58du && out.v[2] == 0xbc57ac4cu && out.v[3] == 0x9b00dbd8u,
+         "Philox4x32-10 known answer");
+}
+
+void test_gate_forward_and_backward(at::MemoryFormat format) {
+  const auto gate = op<GateFn>("picnn::bernoulli_gate");
+  const auto backward = op<GateBackwardFn>("picnn::bernoulli_gate_backward");
+  const at::Tensor x = at::randn({3, 20, 5, 7}).contiguous(format);
+  const at::Tensor p = at::rand({3, 20});
+  const at::Tensor noise = at::rand({3, 20});
+  const auto [y, mask] = gate.call(x, p, true, noise, std::nullopt, 1);
+  const at::Tensor expected_mask = (noise < p).to(at::kFloat);
+  expect(at::equal(mask, expected_mask), "mask = noise < p");
+  expect(at::equal(y, x * expected_mask.view({3, 20, 1, 1})), "y = x * mask");
+  expect(y.is_contiguous(format), "y keeps the memory format of x");
+  const at::Tensor grad_y = at::randn_like(x);
+  const auto [grad_x, grad_p] = backward.call(grad_y, x, mask, 1);
+  expect(at::equal(grad_x, grad_y * expected_mask.view({3, 20, 1, 1})), "grad_x = grad_y * mask");
+  expect(at::allclose(grad_p, (grad_y * x).sum({2, 3}), 1e-5, 1e-5), "grad_p = sum of grad_y * x");
+}
+
+void test_sample_class() {
+  const auto sample = op<SampleFn>("picnn::sample_class");
+  const at::Tensor logits = at::randn({50, 7}, at::kDouble);
+  const at::Tensor u = at::rand({50}, at::kDouble);
+  const auto [onehot, index] = sample.call(logits, u, std::nullopt);
+  const at::Tensor cdf = at::softmax(logits, 1).cumsum(1);
+  const at::Tensor expected = (cdf <= u.unsqueeze(1)).sum(1).clamp_max(6);
+  expect(at::equal(index, expected), "index is the inverse CDF of u");
+  expect(at::equal(onehot, at::one_hot(index, 7).to(at::kDouble)), "onehot is exact");
+}
+
+void test_bad_input_is_rejected() {
+  const auto gate = op<GateFn>("picnn::bernoulli_gate");
+  bool raised = false;
+  try {
+    gate.call(at::randn({2, 3, 4}), at::full({2, 3}, 1.5), true, std::nullopt, std::nullopt, 1);
+  } catch (const c10::ValueError& error) {
+    raised = std::string(error.what()).find("p must hold probabilities") != std::string::npos;
+  }
+  expect(raised, "p outside [0, 1] raises a ValueError naming p");
+}
+
+}  // namespace
+
+int main() {
+  test_philox_known_answer();
+  test_gate_forward_and_backward(at::MemoryFormat::Contiguous);
+  test_gate_forward_and_backward(at::MemoryFormat::ChannelsLast);
+  test_sample_class();
+  test_bad_input_is_rejected();
+  std::printf("%d failure(s)\n", failures);
+  return failures == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
