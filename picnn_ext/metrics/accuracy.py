@@ -1,0 +1,68 @@
+"""Top-1 accuracy of PICNN's three pathways (DESIGN.md section 3).
+
+ACC1 reads the discrimination pathway (`logits`), ACC2 the interpretation pathway (`interp_logits`: only the
+filters sampled for the predicted class), ACC3 the complement pathway (`complement_logits`: the filters of the
+true class removed). Class-specific filters show as ACC2 high and ACC3 low.
+
+A pathway that was not computed (None) has accuracy NaN.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = ["accuracy_pathways", "PathwayAccuracy"]
+
+_NAMES = ("acc1", "acc2", "acc3")
+
+
+def _correct(logits: torch.Tensor | None, targets: torch.Tensor) -> torch.Tensor | None:
+    """Number of rows whose argmax is the target, as a 0-dim tensor on the logits' device (no sync)."""
+    if logits is None:
+        return None
+    if logits.dim() != 2 or logits.shape[0] != targets.shape[0]:
+        raise ValueError(f"accuracy: logits must have shape (B, C) with B = {targets.shape[0]} targets, "
+                         f"got {list(logits.shape)}")
+    return (logits.argmax(dim=1) == targets).sum()
+
+
+def accuracy_pathways(logits: torch.Tensor, interp_logits: torch.Tensor | None,
+                      complement_logits: torch.Tensor | None, targets: torch.Tensor) -> dict[str, float]:
+    """{'acc1', 'acc2', 'acc3'}: the fraction of rows of each pathway's logits whose argmax is the target."""
+    meter = PathwayAccuracy()
+    meter.update(logits, interp_logits, complement_logits, targets)
+    return meter.compute()
+
+
+class PathwayAccuracy:
+    """Streaming ACC1/ACC2/ACC3 over batches.
+
+    The counts stay on the device as tensors, so `update` never waits on it; `compute` reads them once.
+
+        meter = PathwayAccuracy()
+        for images, targets in loader:
+            out = model(images, targets, pathways=True)
+            meter.update(out.logits, out.interp_logits, out.complement_logits, targets)
+        meter.compute()  # {'acc1': ..., 'acc2': ..., 'acc3': ...}
+    """
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
+        self.correct: dict[str, torch.Tensor | int] = {name: 0 for name in _NAMES}
+        self.total: dict[str, int] = {name: 0 for name in _NAMES}
+
+    @torch.no_grad()
+    def update(self, logits: torch.Tensor | None, interp_logits: torch.Tensor | None,
+               complement_logits: torch.Tensor | None, targets: torch.Tensor) -> None:
+        for name, pathway in zip(_NAMES, (logits, interp_logits, complement_logits)):
+            correct = _correct(pathway, targets)
+            if correct is not None:
+                self.correct[name] = self.correct[name] + correct
+                self.total[name] += targets.shape[0]
+
+    def compute(self) -> dict[str, float]:
+        return {name: float(self.correct[name]) / self.total[name] if self.total[name] else math.nan
+                for name in _NAMES}
