@@ -8,9 +8,14 @@ after the same torch.manual_seed.
 """
 from __future__ import annotations
 
+import os
+
 import torch
 
 from ._checks import check_gate_args, check_grad_like, check_sample_class_args, opmath_dtype
+
+# Value checks (range of p, NaN logits) on the host, with a synchronisation on CUDA; else device-side there.
+HOST_VALUE_CHECKS = os.environ.get("PICNN_EXT_CHECK_VALUES", "0").strip() not in ("", "0")
 
 _MASK32 = 0xFFFFFFFF
 _PHILOX_M0, _PHILOX_M1 = 0xD2511F53, 0xCD9E8D57
@@ -65,7 +70,7 @@ def check_probabilities(p: torch.Tensor) -> None:
     """p must hold probabilities: NaN or a value outside [0, 1] would silently become a 0 mask."""
     bad = (p < 0) | (p > 1) | p.isnan()
     message = "bernoulli_gate: p must hold probabilities in [0, 1] (no NaN)"
-    if p.device.type == "cpu":
+    if p.device.type == "cpu" or HOST_VALUE_CHECKS:
         if bad.any():
             b, k = bad.nonzero()[0].tolist()
             raise ValueError(f"{message}; p[{b}, {k}] = {p[b, k].item()}")
@@ -118,7 +123,7 @@ def bernoulli_gate_backward(grad_y, x, mask, channel_dim):
 def _check_finite_rows(logits: torch.Tensor) -> None:
     message = "sample_class: logits must not be NaN and each row needs a finite maximum"
     bad = logits.isnan().any(-1) | ~logits.max(-1).values.isfinite() if logits.numel() else logits.new_zeros(0, dtype=torch.bool)
-    if logits.device.type == "cpu":
+    if logits.device.type == "cpu" or HOST_VALUE_CHECKS:
         if bad.any():
             raise ValueError(f"{message}; row {bad.nonzero()[0].item()} is not")
     else:

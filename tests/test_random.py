@@ -112,3 +112,25 @@ def test_mask_frequency_follows_varying_p(backend):
     assert abs(mask.sum().item() - expected) <= 5 * variance**0.5
     # And the draw follows p element by element: high-p entries are on far more often than low-p ones.
     assert mask[p > 0.9].mean() > 0.85 and mask[p < 0.1].mean() < 0.15
+
+
+@needs_cuda
+def test_gate_captured_in_a_cuda_graph_draws_fresh_masks_on_each_replay():
+    # The Philox state is unpacked inside the kernel, so each replay advances the generator's offset.
+    x = torch.ones(64, 96, device="cuda")
+    p = torch.full((64, 96), 0.5, device="cuda")
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        torch.ops.picnn.bernoulli_gate(x, p, True, None, None, 1)  # warm-up outside the capture
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        _, mask = torch.ops.picnn.bernoulli_gate(x, p, True, None, None, 1)
+    masks = []
+    for _ in range(3):
+        graph.replay()
+        masks.append(mask.clone())
+    assert not torch.equal(masks[0], masks[1]) and not torch.equal(masks[1], masks[2])
+    for m in masks:
+        assert abs(m.mean().item() - 0.5) < 5 * (0.25 / m.numel()) ** 0.5
