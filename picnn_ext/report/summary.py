@@ -1,0 +1,191 @@
+"""The written part of the report: a run's ``report.md`` with its figures, the side-by-side table of
+``picnn-ext compare`` and the mean-and-spread table of the digits demo."""
+
+from __future__ import annotations
+
+import os
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..train import checkpoint as ckpt
+from ..train.trainer import load_trained_model
+
+METRICS = ("acc1", "acc2", "acc3", "mis")
+METRIC_TITLES = {"acc1": "ACC1", "acc2": "ACC2", "acc3": "ACC3", "mis": "MIS"}
+# Methods in the order tables list them: the baseline first.
+METHOD_ORDER = {"std": 0, "picnn": 1}
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A markdown table padded to aligned columns, so that it also reads well printed in a terminal."""
+    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows)]
+
+    def line(cells) -> str:
+        return "| " + " | ".join(str(cell).ljust(width) for cell, width in zip(cells, widths)) + " |"
+
+    separator = "|" + "|".join("-" * (width + 2) for width in widths) + "|"
+    return "\n".join([line(headers), separator, *(line(row) for row in rows)])
+
+
+# --------------------------------------------------------------------------------------------------------
+# picnn-ext compare
+
+
+def compare_table(run_dirs: Sequence[str]) -> str:
+    """One row per finished run: method, data set, seed, the test metrics and the training time."""
+    rows = []
+    for run_dir in run_dirs:
+        summary = ckpt.load_summary(run_dir)
+        test = summary["test"]
+        rows.append([
+            os.path.basename(os.path.normpath(run_dir)), summary["method"], summary["dataset"],
+            str(summary["seed"]), *(f"{test[name]:.4f}" for name in METRICS), f"{summary['train_time_s']:.1f}",
+        ])
+    headers = ["run", "method", "dataset", "seed", *(METRIC_TITLES[name] for name in METRICS), "train time (s)"]
+    return markdown_table(headers, rows)
+
+
+# --------------------------------------------------------------------------------------------------------
+# The digits demo: mean and spread over seeds
+
+
+def seed_table(summaries: Sequence[Dict]) -> str:
+    """Per method, the mean ± sample standard deviation over its runs (one per seed) of each metric."""
+    by_method: Dict[str, List[Dict]] = {}
+    for summary in summaries:
+        by_method.setdefault(summary["method"], []).append(summary)
+    rows = []
+    for method in sorted(by_method, key=lambda name: (METHOD_ORDER.get(name, len(METHOD_ORDER)), name)):
+        runs = by_method[method]
+        cells = [method.upper(), str(len(runs))]
+        for name in METRICS:
+            values = np.array([run["test"][name] for run in runs])
+            spread = values.std(ddof=1) if len(values) > 1 else 0.0
+            cells.append(f"{values.mean():.4f} ± {spread:.4f}")
+        cells.append(f"{np.mean([run['train_time_s'] for run in runs]):.1f}")
+        rows.append(cells)
+    headers = ["method", "seeds", *(METRIC_TITLES[name] for name in METRICS), "train time per run (s)"]
+    return markdown_table(headers, rows)
+
+
+# --------------------------------------------------------------------------------------------------------
+# picnn-ext report
+
+
+def _example_images(dataset, num_classes: int, count: int):
+    """The first test image of each of ``count`` classes spread over the class range (all classes when
+    there are no more than ``count``), in class order."""
+    wanted = sorted(set(np.linspace(0, num_classes - 1, min(count, num_classes)).round().astype(int).tolist()))
+    chosen: Dict[int, torch.Tensor] = {}
+    for index in range(len(dataset)):
+        image, label = dataset[index]
+        label = int(label)
+        if label in wanted and label not in chosen:
+            chosen[label] = image
+            if len(chosen) == len(wanted):
+                break
+    labels = sorted(chosen)
+    return torch.stack([chosen[label] for label in labels]), labels
+
+
+@torch.no_grad()
+def _class_activation_maps(model, images: torch.Tensor, labels: List[int], clusters: np.ndarray) -> np.ndarray:
+    """For each image, the sum of A over the filters of its true class's cluster, resized to the image."""
+    A = model.features(images)  # (N, K, h, w)
+    in_cluster = torch.as_tensor(clusters)[None, :] == torch.as_tensor(labels)[:, None]  # (N, K)
+    maps = (A * in_cluster[:, :, None, None].to(A.dtype)).sum(dim=1, keepdim=True)
+    maps = F.interpolate(maps, size=images.shape[-2:], mode="bilinear", align_corners=False)
+    return maps[:, 0].numpy()
+
+
+def write_report(run_dir: str, out_dir: Optional[str] = None, *, num_images: int = 8, splits=None) -> str:
+    """Write the figures and ``report.md`` of a finished run into ``out_dir`` (default ``RUN_DIR/report``);
+    returns the path of ``report.md``."""
+    # Imported here: the tables above need no matplotlib, only the figures do.
+    from . import figures
+
+    summary = ckpt.load_summary(run_dir)
+    records = ckpt.read_json_lines(os.path.join(run_dir, ckpt.METRICS_FILE))
+    mi = np.load(os.path.join(run_dir, ckpt.TEST_MI_FILE))
+    model, splits = load_trained_model(run_dir, splits)
+    out_dir = out_dir or os.path.join(run_dir, "report")
+    os.makedirs(out_dir, exist_ok=True)
+
+    class_names = summary.get("class_names") or list(splits.class_names)
+    P = model.head.P.detach().numpy()
+    clusters = figures.filter_clusters(P)
+    cluster_sizes = np.bincount(clusters, minlength=len(class_names))
+    figures.plot_p_matrix(P, class_names, os.path.join(out_dir, "p_matrix.png"))
+    figures.plot_mi_matrix(mi, P, class_names, os.path.join(out_dir, "mi_matrix.png"))
+    images, labels = _example_images(splits.test, splits.num_classes, num_images)
+    maps = _class_activation_maps(model, images, labels, clusters)
+    figures.plot_activation_maps(images.numpy(), maps, labels, class_names, cluster_sizes,
+                                 os.path.join(out_dir, "activation_maps.png"))
+    figures.plot_training_curves(records, os.path.join(out_dir, "training_curves.png"), summary["best_epoch"])
+
+    path = os.path.join(out_dir, "report.md")
+    ckpt.atomic_write_text(_report_markdown(run_dir, summary, P, mi, cluster_sizes, class_names), path)
+    return path
+
+
+def _report_markdown(run_dir, summary, P, mi, cluster_sizes, class_names) -> str:
+    config = summary["config"]
+    test = summary["test"]
+    metrics = markdown_table([METRIC_TITLES[name] for name in METRICS], [[f"{test[name]:.4f}" for name in METRICS]])
+    # Per class: its filters, and how well they serve it (mean P and mean MI of the cluster).
+    clusters = P.argmax(axis=0)
+    rows = []
+    for label, name in enumerate(class_names):
+        members = clusters == label
+        rows.append([name, str(int(cluster_sizes[label])),
+                     f"{P[label, members].mean():.3f}" if members.any() else "-",
+                     f"{mi[label, members].mean():.4f}" if members.any() else "-"])
+    cluster_table = markdown_table(["class", "filters", "mean P", "mean MI (nats)"], rows)
+    std_note = (
+        "\n*STD trains with CE(l1) alone, so `theta` gets no gradient: its P is the random initialisation, "
+        "and the clusters above are chance.*\n" if summary["method"] == "std" else ""
+    )
+    return f"""# Report: {os.path.basename(os.path.normpath(run_dir))}
+
+- method: **{summary['method'].upper()}**, data set: `{summary['dataset']}`, seed {summary['seed']}
+- {summary['epochs']} epochs, batch {config['batch_size']}, lr {config['lr']}, weight decay {config['weight_decay']},
+  {config['schedule']} schedule; K = {config['num_filters']} filters, lambda = {config['lam']}
+- model selected on the validation split: epoch {summary['best_epoch']} (validation ACC1 {summary['val']['acc1']:.4f})
+- training time {summary['train_time_s']:.1f} s on {summary['device']} ({summary['world_size']} process(es)),
+  {summary['num_parameters']:,} parameters
+
+## Test metrics
+
+ACC1: discrimination pathway; ACC2: interpretation pathway (only the filters sampled for the predicted class);
+ACC3: complement pathway (the true class's filters removed); MIS: mean over filters of the largest mutual
+information with a class.
+
+{metrics}
+
+## Filter-class correspondence P
+
+Filters grouped by their class cluster (the class with the largest P in their column).
+
+![P](p_matrix.png)
+
+{cluster_table}
+{std_note}
+## Mutual information between filters and classes (test set)
+
+Same filter order as P.
+
+![MI](mi_matrix.png)
+
+## Activation of the true class's filters
+
+Top: test images; bottom: the sum of the interpreted layer's maps over the filters of the image's class cluster.
+
+![activation maps](activation_maps.png)
+
+## Training curves
+
+![training curves](training_curves.png)
+"""

@@ -1,0 +1,118 @@
+"""Tests of the picnn-ext command: parsing, train / resume / compare / report / digits-demo, and the
+one-line messages for bad input."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from picnn_ext.cli import build_parser, main
+from picnn_ext.train import load_checkpoint, load_config, load_summary
+
+# A tiny network, so that a full-digits epoch takes about a second.
+TINY = ["--width", "4", "--num-filters", "8", "--batch-size", "64", "--device", "cpu", "--quiet"]
+
+
+def run_cli(*args):
+    return main([str(arg) for arg in args])
+
+
+def test_help_lists_the_commands(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for command in ("train", "report", "compare", "digits-demo"):
+        assert command in out
+
+
+def test_module_entry_point_runs():
+    result = subprocess.run([sys.executable, "-m", "picnn_ext.cli", "train", "--help"], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0
+    assert "--resume" in result.stdout and "folder:PATH" in result.stdout
+
+
+def test_train_resume_and_compare(tmp_path, capsys):
+    out = tmp_path / "runs"
+    assert run_cli("train", "--method", "std", "--epochs", "1", "--out-dir", out, *TINY) == 0
+    # A run interrupted after epoch 1 of 2, then resumed with no options: they come from the run.
+    assert run_cli("train", "--method", "picnn", "--epochs", "2", "--out-dir", out, "--stop-after-epoch", "1",
+                   *TINY) == 0
+    picnn_dir = out / "picnn-digits-seed0"
+    assert not (picnn_dir / "summary.json").exists()
+    assert run_cli("train", "--resume", picnn_dir) == 0
+    assert load_checkpoint(str(picnn_dir / "checkpoint.pt"))["epoch"] == 2
+    assert load_summary(str(picnn_dir))["epochs"] == 2
+    assert load_config(str(picnn_dir)).width == 4
+
+    capsys.readouterr()
+    assert run_cli("compare", out / "std-digits-seed0", picnn_dir) == 0
+    table = capsys.readouterr().out
+    lines = table.strip().splitlines()
+    assert "ACC1" in lines[0] and "MIS" in lines[0] and "train time" in lines[0]
+    assert len(lines) == 4 and "| std " in lines[2] and "| picnn " in lines[3]
+
+
+def test_resume_with_other_options_names_them(tmp_path, capsys):
+    out = tmp_path / "runs"
+    assert run_cli("train", "--epochs", "1", "--out-dir", out, *TINY) == 0
+    capsys.readouterr()
+    assert run_cli("train", "--resume", out / "picnn-digits-seed0", "--method", "std", "--num-filters", "16") == 1
+    err = capsys.readouterr().err
+    assert err.startswith("picnn-ext train: error:")
+    assert "method" in err and "num_filters" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [(["--dataset", "mnist"], "unknown data set"),
+     (["--dataset", "folder:/nonexistent/images"], "does not exist"),
+     (["--epochs", "0"], "epochs must be at least 1")],
+)
+def test_bad_input_gives_one_line_and_writes_nothing(tmp_path, capsys, args, message):
+    assert run_cli("train", "--out-dir", tmp_path / "runs", *args, *TINY) == 1
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_unknown_method_is_refused_by_the_parser(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli("train", "--method", "csg")
+    assert exit_info.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_report_command_writes_figures(tmp_path, capsys):
+    out = tmp_path / "runs"
+    assert run_cli("train", "--epochs", "1", "--out-dir", out, *TINY) == 0
+    capsys.readouterr()
+    assert run_cli("report", out / "picnn-digits-seed0", "--num-images", "3") == 0
+    report_md = capsys.readouterr().out.strip()
+    assert report_md.endswith("report.md") and os.path.isfile(report_md)
+    for name in ("p_matrix.png", "mi_matrix.png", "activation_maps.png", "training_curves.png"):
+        assert os.path.getsize(os.path.join(os.path.dirname(report_md), name)) > 0
+
+
+def test_report_of_a_missing_run_is_one_line(tmp_path, capsys):
+    assert run_cli("report", tmp_path / "nowhere") == 1
+    assert "no run directory at" in capsys.readouterr().err
+    (tmp_path / "unfinished").mkdir()
+    assert run_cli("compare", tmp_path / "unfinished") == 1
+    assert "has not finished" in capsys.readouterr().err
+
+
+def test_digits_demo_prints_the_seed_table(tmp_path, capsys):
+    demo_dir = tmp_path / "demo"
+    assert run_cli("digits-demo", "--epochs", "1", "--seeds", "2", "--out-dir", demo_dir, "--quiet") == 0
+    out = capsys.readouterr().out
+    assert "| STD " in out and "| PICNN " in out and "±" in out
+    for name in ("ACC1", "ACC2", "ACC3", "MIS"):
+        assert name in out
+    results = (demo_dir / "results.md").read_text()
+    assert "| STD " in results and "| PICNN " in results
+    assert sorted(os.listdir(demo_dir)) == sorted(
+        ["results.md", "std-digits-seed0", "picnn-digits-seed0", "std-digits-seed1", "picnn-digits-seed1"]
+    )
