@@ -22,7 +22,7 @@ def test_gate(benchmark, case, impl, direction):
     benchmark.group = f"{direction}:{case.id}"
     moved = case.bytes_forward_backward() if direction == "forward_backward" else case.bytes_forward()
     benchmark.extra_info.update(impl=impl, case=case.id, direction=direction, bytes=moved)
-    benchmark.pedantic(step, rounds=30 if case.device == "cuda" else 15, warmup_rounds=2)
+    benchmark.pedantic(step, rounds=40, warmup_rounds=5)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
@@ -31,4 +31,4 @@ def test_copy_bandwidth(benchmark, case):
     step()
     benchmark.group = f"copy:{case.id}"
     benchmark.extra_info.update(impl="copy", case=case.id, direction="copy", bytes=2 * case.numel * case.element_size)
-    benchmark.pedantic(step, rounds=30 if case.device == "cuda" else 15, warmup_rounds=2)
+    benchmark.pedantic(step, rounds=40, warmup_rounds=5)

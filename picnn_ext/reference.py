@@ -48,16 +48,19 @@ def philox4x32_10(counter, key):
 
 
 def philox_uniform(like: torch.Tensor, seed, offset) -> torch.Tensor:
-    """float32 uniforms in [0, 1) shaped like `like`, element i keyed by (seed, offset, i).
+    """float32 uniforms in [0, 1) shaped like `like`: element i is word i % 4 of the Philox block of counter
+    (i // 4, offset) under key `seed` (csrc/common/philox.h).
 
     `seed` and `offset` are ints or int64 tensors on like's device (a tensor seed keeps the draw free of
     host synchronisation).
     """
-    index = torch.arange(like.numel(), dtype=torch.int64, device=like.device)
+    n = like.numel()
+    block = torch.arange((n + 3) // 4, dtype=torch.int64, device=like.device)
     seed = torch.as_tensor(seed, dtype=torch.int64, device=like.device)
     offset = torch.as_tensor(offset, dtype=torch.int64, device=like.device)
-    word, _, _, _ = philox4x32_10((index & _MASK32, (index >> 32) & _MASK32, offset & _MASK32, (offset >> 32) & _MASK32),
-                                  (seed & _MASK32, (seed >> 32) & _MASK32))
+    words = philox4x32_10((block & _MASK32, (block >> 32) & _MASK32, offset & _MASK32, (offset >> 32) & _MASK32),
+                          (seed & _MASK32, (seed >> 32) & _MASK32))
+    word = torch.stack(words, dim=1).flatten()[:n]
     return ((word >> 8).to(torch.float32) * (1.0 / 16777216.0)).reshape(like.shape)
 
 

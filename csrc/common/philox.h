@@ -1,6 +1,7 @@
 // Counter-based Philox4x32-10 random numbers, shared by the CPU and the CUDA kernels.
 //
-// A draw is keyed by the logical element index (b * K + k), never by a thread or block id, so the
+// A draw is keyed by the logical element index i = b * K + k (word i % 4 of the Philox block of counter
+// (i / 4, offset)), never by a thread or block id, so the
 // same (seed, offset) gives the same mask on any backend, launch shape or GPU model. The pure-PyTorch
 // fallback (picnn_ext/reference.py) implements the same function with int64 tensor arithmetic.
 #pragma once
@@ -48,15 +49,24 @@ PICNN_HOST_DEVICE PhiloxBlock philox4x32_10(PhiloxBlock counter, uint32_t key0, 
   return counter;
 }
 
-// Uniform float in [0, 1) for element `index` of the draw identified by (seed, offset): the counter
-// is (index, offset) and the key is the seed. 24 random bits, so every value is exact in float32 and
-// `u < p` is the same comparison on every backend.
-PICNN_HOST_DEVICE float philox_uniform(uint64_t seed, uint64_t offset, uint64_t index) {
-  const PhiloxBlock counter{{static_cast<uint32_t>(index), static_cast<uint32_t>(index >> 32),
+// The four 32-bit words of Philox block `block` of the draw identified by (seed, offset): the counter is
+// (block, offset) and the key is the seed.
+PICNN_HOST_DEVICE PhiloxBlock philox_block(uint64_t seed, uint64_t offset, uint64_t block) {
+  const PhiloxBlock counter{{static_cast<uint32_t>(block), static_cast<uint32_t>(block >> 32),
                              static_cast<uint32_t>(offset), static_cast<uint32_t>(offset >> 32)}};
-  const PhiloxBlock out =
-      philox4x32_10(counter, static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
-  return static_cast<float>(out.v[0] >> 8) * (1.0f / 16777216.0f);
+  return philox4x32_10(counter, static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
+}
+
+// A 32-bit word as a uniform float in [0, 1): its top 24 bits, so every value is exact in float32 and
+// `u < p` is the same comparison on every backend.
+PICNN_HOST_DEVICE float word_to_uniform(uint32_t word) {
+  return static_cast<float>(word >> 8) * (1.0f / 16777216.0f);
+}
+
+// The uniform of element `index`: word index % 4 of block index / 4 (one Philox call serves four
+// consecutive elements; a kernel that owns all four computes the block once).
+PICNN_HOST_DEVICE float philox_uniform(uint64_t seed, uint64_t offset, uint64_t index) {
+  return word_to_uniform(philox_block(seed, offset, index >> 2).v[index & 3]);
 }
 
 }  // namespace picnn

@@ -38,8 +38,62 @@ at::Tensor philox_uniform_cpu(const at::Tensor& like, int64_t seed, int64_t offs
     for (int64_t i = begin; i < end; ++i) {
       out[i] = philox_uniform(static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), static_cast<uint64_t>(i));
     }
-  });
+  });  // a test and diagnostic op: the simple per-element form is fast enough
   return u;
+}
+
+// mask[i] = (u_i < p_i) for hard, p_i for soft, over blocks simple enough to vectorise: check, draw,
+// compare. u is `uniform` when given, else Philox keyed by the element index. Returns the index of the
+// first p that is not a probability (NaN or outside [0, 1]), or n when all are.
+template <typename scalar_t>
+int64_t draw_mask(const scalar_t* prob, const opmath_t<scalar_t>* uniform, uint64_t seed, bool hard, scalar_t* out,
+                  int64_t n) {
+  using acc_t = opmath_t<scalar_t>;
+  constexpr int64_t kBlock = 512;
+  std::atomic<int64_t> first_bad{n};
+  // Parallel over whole blocks, so that every block starts on a multiple of 4 (a Philox block).
+  const int64_t blocks = (n + kBlock - 1) / kBlock;
+  at::parallel_for(0, blocks, std::max<int64_t>(1, kGrainElements / kBlock), [&](int64_t first, int64_t last) {
+    float drawn[kBlock];
+    for (int64_t block = first; block < last; ++block) {
+      const int64_t start = block * kBlock;
+      const int64_t len = std::min(kBlock, n - start);
+      const scalar_t* pb = prob + start;
+      bool valid = true;
+#pragma omp simd reduction(&& : valid)
+      for (int64_t i = 0; i < len; ++i) {
+        const acc_t v = static_cast<acc_t>(pb[i]);
+        valid = valid && v >= acc_t(0) && v <= acc_t(1);  // false for NaN too
+      }
+      if (!valid) {
+        int64_t i = 0;
+        while (static_cast<acc_t>(pb[i]) >= acc_t(0) && static_cast<acc_t>(pb[i]) <= acc_t(1)) ++i;
+        int64_t seen = first_bad.load();
+        while (start + i < seen && !first_bad.compare_exchange_weak(seen, start + i)) {
+        }
+        return;
+      }
+      scalar_t* ob = out + start;
+      if (!hard) {
+        std::copy(pb, pb + len, ob);
+        continue;
+      }
+      const acc_t* ub = uniform ? uniform + start : nullptr;
+      if (!ub) {
+#pragma omp simd
+        for (int64_t group = 0; group < kBlock / 4; ++group) {
+          const PhiloxBlock words = philox_block(seed, 0, static_cast<uint64_t>(start / 4 + group));
+          for (int w = 0; w < 4; ++w) drawn[4 * group + w] = word_to_uniform(words.v[w]);
+        }
+      }
+#pragma omp simd
+      for (int64_t i = 0; i < len; ++i) {
+        const acc_t u = ub ? ub[i] : static_cast<acc_t>(drawn[i]);
+        ob[i] = u < static_cast<acc_t>(pb[i]) ? scalar_t(1) : scalar_t(0);
+      }
+    }
+  });
+  return first_bad.load();
 }
 
 // mask[b, k] in p's dtype: 1 where u < p (hard), or p itself (soft). u comes from `noise` when given,
@@ -53,35 +107,16 @@ at::Tensor compute_mask_cpu(const at::Tensor& p, bool hard, const std::optional<
   at::Tensor mask = at::empty_like(p_c);
   const int64_t n = p_c.numel();
   if (n == 0) return mask;
-  const int64_t K = p_c.size(1);
-  std::atomic<int64_t> first_bad{n};
+  int64_t bad = n;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.scalar_type(), "bernoulli_gate_mask_cpu", [&] {
     using acc_t = opmath_t<scalar_t>;
-    const scalar_t* prob = p_c.data_ptr<scalar_t>();
-    scalar_t* out = mask.data_ptr<scalar_t>();
-    at::Tensor u_tensor;
-    if (hard && noise.has_value()) u_tensor = noise->contiguous().to(c10::CppTypeToScalarType<acc_t>::value);
-    const acc_t* uniform = u_tensor.defined() ? u_tensor.data_ptr<acc_t>() : nullptr;
-    const uint64_t seed = hard && !uniform ? draw_seed_cpu(generator) : 0;
-    at::parallel_for(0, n, kGrainElements, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        const acc_t pi = static_cast<acc_t>(prob[i]);
-        if (!(pi >= acc_t(0) && pi <= acc_t(1))) {  // also false for NaN
-          int64_t seen = first_bad.load();
-          while (i < seen && !first_bad.compare_exchange_weak(seen, i)) {
-          }
-          return;
-        }
-        if (!hard) {
-          out[i] = prob[i];
-        } else {
-          const acc_t u = uniform ? uniform[i] : static_cast<acc_t>(philox_uniform(seed, 0, static_cast<uint64_t>(i)));
-          out[i] = u < pi ? scalar_t(1) : scalar_t(0);
-        }
-      }
-    });
+    at::Tensor u;
+    if (hard && noise.has_value()) u = noise->contiguous().to(c10::CppTypeToScalarType<acc_t>::value);
+    const uint64_t seed = hard && !u.defined() ? draw_seed_cpu(generator) : 0;
+    bad = draw_mask(p_c.data_ptr<scalar_t>(), u.defined() ? u.data_ptr<acc_t>() : nullptr, seed, hard,
+                    mask.data_ptr<scalar_t>(), n);
   });
-  const int64_t bad = first_bad.load();
+  const int64_t K = p_c.size(1);
   TORCH_CHECK_VALUE(bad == n, "bernoulli_gate: p must hold probabilities in [0, 1] (no NaN); p[", bad / K, ", ",
                     bad % K, "] = ", p_c.view(-1)[bad].item<double>());
   return mask;
