@@ -14,6 +14,7 @@
 
 #include "../common/checks.h"
 #include "../common/philox.h"
+#include "multiversion.h"
 #include "random_cpu.h"
 #include <ATen/OpMathType.h>
 
@@ -122,34 +123,68 @@ at::Tensor compute_mask_cpu(const at::Tensor& p, bool hard, const std::optional<
   return mask;
 }
 
-// y = x * scale[b, k]; memory (B, K, S): each (b, k) row of S values is scaled by one number.
+// The hot loops, one row at a time. PICNN_MULTIVERSION compiles each for AVX2 and for the baseline
+// (picked when the library loads), since an extension cannot assume the flags torch's own kernels use.
+
+// out = in * m (one scale for the row).
+template <typename scalar_t>
+PICNN_MULTIVERSION void scale_row(const scalar_t* in, scalar_t* out, int64_t n, opmath_t<scalar_t> m) {
+  using acc_t = opmath_t<scalar_t>;
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) out[i] = static_cast<scalar_t>(static_cast<acc_t>(in[i]) * m);
+}
+
+// out = in * m[i] (one scale per element).
+template <typename scalar_t>
+PICNN_MULTIVERSION void scale_row_elementwise(const scalar_t* in, scalar_t* out, int64_t n,
+                                              const opmath_t<scalar_t>* m) {
+  using acc_t = opmath_t<scalar_t>;
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) out[i] = static_cast<scalar_t>(static_cast<acc_t>(in[i]) * m[i]);
+}
+
+// out = g * m; returns sum(g * in).
+template <typename scalar_t>
+PICNN_MULTIVERSION opmath_t<scalar_t> backward_row(const scalar_t* g, const scalar_t* in, scalar_t* out, int64_t n,
+                                                   opmath_t<scalar_t> m) {
+  using acc_t = opmath_t<scalar_t>;
+  acc_t total = 0;
+#pragma omp simd reduction(+ : total)
+  for (int64_t i = 0; i < n; ++i) {
+    const acc_t gi = static_cast<acc_t>(g[i]);
+    total += gi * static_cast<acc_t>(in[i]);
+    out[i] = static_cast<scalar_t>(gi * m);
+  }
+  return total;
+}
+
+// out = g * m[i]; acc[i] += g * in.
+template <typename scalar_t>
+PICNN_MULTIVERSION void backward_row_elementwise(const scalar_t* g, const scalar_t* in, scalar_t* out, int64_t n,
+                                                 const opmath_t<scalar_t>* m, opmath_t<scalar_t>* acc) {
+  using acc_t = opmath_t<scalar_t>;
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    const acc_t gi = static_cast<acc_t>(g[i]);
+    acc[i] += gi * static_cast<acc_t>(in[i]);
+    out[i] = static_cast<scalar_t>(gi * m[i]);
+  }
+}
+
+// Forward, memory (B, K, S): each (b, k) row of S values is scaled by one number.
 template <typename scalar_t>
 void scale_rows(const scalar_t* x, const opmath_t<scalar_t>* scale, scalar_t* y, int64_t rows, int64_t S) {
-  using acc_t = opmath_t<scalar_t>;
   at::parallel_for(0, rows, row_grain(S), [&](int64_t begin, int64_t end) {
-    for (int64_t row = begin; row < end; ++row) {
-      const scalar_t* in = x + row * S;
-      scalar_t* out = y + row * S;
-      const acc_t m = scale[row];
-#pragma omp simd
-      for (int64_t s = 0; s < S; ++s) out[s] = static_cast<scalar_t>(static_cast<acc_t>(in[s]) * m);
-    }
+    for (int64_t row = begin; row < end; ++row) scale_row(x + row * S, y + row * S, S, scale[row]);
   });
 }
 
-// y = x * scale[b, :]; memory (B, S, K): each (b, s) row of K values is scaled elementwise.
+// Forward, memory (B, S, K): each (b, s) row of K values is scaled elementwise by scale[b, :].
 template <typename scalar_t>
 void scale_columns(const scalar_t* x, const opmath_t<scalar_t>* scale, scalar_t* y, int64_t B, int64_t S,
                    int64_t K) {
-  using acc_t = opmath_t<scalar_t>;
   at::parallel_for(0, B * S, row_grain(K), [&](int64_t begin, int64_t end) {
-    for (int64_t row = begin; row < end; ++row) {
-      const scalar_t* in = x + row * K;
-      scalar_t* out = y + row * K;
-      const acc_t* m = scale + (row / S) * K;
-#pragma omp simd
-      for (int64_t k = 0; k < K; ++k) out[k] = static_cast<scalar_t>(static_cast<acc_t>(in[k]) * m[k]);
-    }
+    for (int64_t row = begin; row < end; ++row) scale_row_elementwise(x + row * K, y + row * K, K, scale + (row / S) * K);
   });
 }
 
@@ -157,21 +192,9 @@ void scale_columns(const scalar_t* x, const opmath_t<scalar_t>* scale, scalar_t*
 template <typename scalar_t>
 void backward_rows(const scalar_t* gy, const scalar_t* x, const opmath_t<scalar_t>* scale, scalar_t* gx,
                    opmath_t<scalar_t>* gp, int64_t rows, int64_t S) {
-  using acc_t = opmath_t<scalar_t>;
   at::parallel_for(0, rows, row_grain(S), [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
-      const scalar_t* g = gy + row * S;
-      const scalar_t* in = x + row * S;
-      scalar_t* out = gx + row * S;
-      const acc_t m = scale[row];
-      acc_t total = 0;
-#pragma omp simd reduction(+ : total)
-      for (int64_t s = 0; s < S; ++s) {
-        const acc_t gs = static_cast<acc_t>(g[s]);
-        total += gs * static_cast<acc_t>(in[s]);
-        out[s] = static_cast<scalar_t>(gs * m);
-      }
-      gp[row] = total;
+      gp[row] = backward_row(gy + row * S, x + row * S, gx + row * S, S, scale[row]);
     }
   });
 }
@@ -188,21 +211,12 @@ void backward_columns(const scalar_t* gy, const scalar_t* x, const opmath_t<scal
   at::parallel_for(0, B * chunks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / chunks;
-      const acc_t* m = scale + b * K;
       acc_t* acc = partial + task * K;
       std::fill(acc, acc + K, acc_t(0));
       const int64_t s_end = std::min(S, (task % chunks + 1) * chunk_len);
       for (int64_t s = (task % chunks) * chunk_len; s < s_end; ++s) {
         const int64_t base = (b * S + s) * K;
-        const scalar_t* g = gy + base;
-        const scalar_t* in = x + base;
-        scalar_t* out = gx + base;
-#pragma omp simd
-        for (int64_t k = 0; k < K; ++k) {
-          const acc_t gk = static_cast<acc_t>(g[k]);
-          acc[k] += gk * static_cast<acc_t>(in[k]);
-          out[k] = static_cast<scalar_t>(gk * m[k]);
-        }
+        backward_row_elementwise(gy + base, x + base, gx + base, K, scale + b * K, acc);
       }
     }
   });
