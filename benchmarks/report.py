@@ -51,8 +51,10 @@ def main(argv=None):
     parser.add_argument("--out", help="also write the table to this markdown file")
     args = parser.parse_args(argv)
     machine, when, rows, copies = load(args.json)
-    header = f"Machine: {machine.get('cpu', {}).get('brand_raw', machine.get('processor', '?'))}, " \
-             f"{machine.get('cpu', {}).get('count', '?')} CPUs; run {when}\n\n"
+    cpu = machine.get("cpu", {})
+    device = machine.get("gpu") or f"{cpu.get('brand_raw', machine.get('processor', '?'))}, {cpu.get('count', '?')} CPUs"
+    header = (f"Device: {device}; torch {machine.get('torch', '?')} ({machine.get('torch_threads', '?')} threads); "
+              f"malloc settings {machine.get('malloc_env') or 'default'}; run {when}\n\n")
     text = header + table(rows, copies)
     print(text)
     if args.out:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import warnings
 
 import torch
 
@@ -37,9 +36,7 @@ def report() -> dict:
         info["cuda_build"] = _parse_build_info(torch.ops.picnn.cuda_build_info())
     for device in ("cpu", "cuda"):
         try:
-            with warnings.catch_warnings():  # the report itself says why a part is missing
-                warnings.simplefilter("ignore")
-                info[f"{device}_backend"] = ops.backend_for(device)
+            info[f"{device}_backend"] = ops.backend_for(device, warn=False)  # the report says why
         except (RuntimeError, ValueError) as error:
             info[f"{device}_backend"] = f"error: {error}"
     return info

@@ -30,8 +30,11 @@ else:
 _warned_devices: set[str] = set()
 
 
-def backend_for(device: torch.device | str) -> str:
-    """'native' or 'python': the backend that serves tensors on `device` under the current settings."""
+def backend_for(device: torch.device | str, *, warn: bool = True) -> str:
+    """'native' or 'python': the backend that serves tensors on `device` under the current settings.
+
+    With warn=True (the ops' own calls), the first fallback on a device type warns once with the reason.
+    """
     device_type = torch.device(device).type
     if _ext.BACKEND not in _ext.BACKEND_CHOICES:
         raise ValueError(f"PICNN_EXT_BACKEND must be one of {', '.join(_ext.BACKEND_CHOICES)}, got {_ext.BACKEND!r}")
@@ -42,7 +45,7 @@ def backend_for(device: torch.device | str) -> str:
     if _ext.BACKEND == "native":
         raise RuntimeError(f"PICNN_EXT_BACKEND=native, but there are no compiled kernels for {device_type} tensors: "
                            f"{_ext.missing_reason(device_type)}")
-    if device_type not in _warned_devices and not torch.compiler.is_compiling():
+    if warn and device_type not in _warned_devices and not torch.compiler.is_compiling():
         _warned_devices.add(device_type)
         warnings.warn(f"picnn_ext: using the pure-PyTorch fallback for {device_type} tensors because the compiled "
                       f"kernels are missing: {_ext.missing_reason(device_type)}", RuntimeWarning, stacklevel=3)

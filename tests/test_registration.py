@@ -183,3 +183,14 @@ def test_info_reports_the_build():
         assert info["cpu_build"]["torch"] == torch.__version__.split("+")[0]
     text = subprocess.run([sys.executable, "-m", "picnn_ext.info"], capture_output=True, text=True, timeout=300)
     assert "cpu_compiled" in text.stdout and text.returncode == 0
+
+
+def test_the_info_report_does_not_use_up_the_fallback_warning(monkeypatch):
+    import picnn_ext.info
+
+    monkeypatch.setattr(_ext, "BACKEND", "auto")
+    monkeypatch.setattr(_ext, "CPU_LIBRARY", _ext.LibraryStatus(False, "simulated: not built"))
+    monkeypatch.setattr(ops, "_warned_devices", set())
+    assert picnn_ext.info.report()["cpu_backend"] == "python"
+    with pytest.warns(RuntimeWarning, match="simulated: not built"):
+        ops.bernoulli_gate(torch.ones(2, 2), torch.ones(2, 2))
