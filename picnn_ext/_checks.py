@@ -108,6 +108,14 @@ def check_sample_class_args(logits, noise) -> None:
             raise ValueError(f"{op}: noise must have shape (B,) = ({logits.shape[0]},), got {list(noise.shape)}")
 
 
+def check_sample_class_backward_args(grad_onehot, logits) -> None:
+    op = "sample_class_backward"
+    check_float_tensor(logits, op, "logits")
+    if logits.dim() != 2:
+        raise ValueError(f"{op}: logits must have shape (B, C), got {list(logits.shape)}")
+    check_grad_like(grad_onehot, logits, op, "grad_onehot", "logits")
+
+
 def opmath_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype the kernels accumulate in: float64 for float64 inputs, else float32."""
     return torch.float64 if dtype == torch.float64 else torch.float32

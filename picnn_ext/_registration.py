@@ -12,7 +12,8 @@ from __future__ import annotations
 import torch
 
 from . import reference
-from ._checks import check_gate_args, check_grad_like, check_sample_class_args, check_tensor
+from ._checks import (check_gate_args, check_grad_like, check_sample_class_args, check_sample_class_backward_args,
+                      check_tensor)
 
 # Must equal the schemas in csrc/picnn.cpp (tests/test_registration.py checks it).
 SCHEMAS = {
@@ -57,7 +58,7 @@ def _fake_sample_class(logits, noise, generator):
 
 
 def _fake_sample_class_backward(grad_onehot, logits):
-    check_grad_like(grad_onehot, logits, "sample_class_backward", "grad_onehot", "logits")
+    check_sample_class_backward_args(grad_onehot, logits)
     return torch.empty_like(logits, memory_format=torch.contiguous_format)
 
 

@@ -12,7 +12,8 @@ import os
 
 import torch
 
-from ._checks import check_gate_args, check_grad_like, check_sample_class_args, opmath_dtype
+from ._checks import (check_gate_args, check_grad_like, check_sample_class_args, check_sample_class_backward_args,
+                      opmath_dtype)
 
 # Value checks (range of p, NaN logits) on the host, with a synchronisation on CUDA; else device-side there.
 HOST_VALUE_CHECKS = os.environ.get("PICNN_EXT_CHECK_VALUES", "0").strip() not in ("", "0")
@@ -49,7 +50,7 @@ def philox4x32_10(counter, key):
 
 def philox_uniform(like: torch.Tensor, seed, offset) -> torch.Tensor:
     """float32 uniforms in [0, 1) shaped like `like`: element i is word i % 4 of the Philox block of counter
-    (i // 4, offset) under key `seed` (csrc/common/philox.h).
+    (offset // 4, i // 4) under key `seed` (csrc/common/philox.h).
 
     `seed` and `offset` are ints or int64 tensors on like's device (a tensor seed keeps the draw free of
     host synchronisation).
@@ -58,7 +59,8 @@ def philox_uniform(like: torch.Tensor, seed, offset) -> torch.Tensor:
     block = torch.arange((n + 3) // 4, dtype=torch.int64, device=like.device)
     seed = torch.as_tensor(seed, dtype=torch.int64, device=like.device)
     offset = torch.as_tensor(offset, dtype=torch.int64, device=like.device)
-    words = philox4x32_10((block & _MASK32, (block >> 32) & _MASK32, offset & _MASK32, (offset >> 32) & _MASK32),
+    step = offset >> 2
+    words = philox4x32_10((step & _MASK32, (step >> 32) & _MASK32, block & _MASK32, (block >> 32) & _MASK32),
                           (seed & _MASK32, (seed >> 32) & _MASK32))
     word = torch.stack(words, dim=1).flatten()[:n]
     return ((word >> 8).to(torch.float32) * (1.0 / 16777216.0)).reshape(like.shape)
@@ -156,7 +158,7 @@ def sample_class(logits, noise=None, generator=None):
 
 def sample_class_backward(grad_onehot, logits):
     """Softmax backward of the straight-through one-hot: pi * (g - sum(pi * g))."""
-    check_grad_like(grad_onehot, logits, "sample_class_backward", "grad_onehot", "logits")
+    check_sample_class_backward_args(grad_onehot, logits)
     acc = opmath_dtype(logits.dtype)
     pi = torch.softmax(logits.to(acc), dim=-1)
     g = grad_onehot.to(acc)

@@ -1,6 +1,19 @@
-"""Bad input raises a clear error naming the argument, on every backend, before anything is written."""
+"""Bad input raises a clear error naming the argument, on every backend, before anything is written.
+
+On CUDA the value checks (range and NaN of p, NaN logits) are device-side assertions by default, which lose the
+CUDA context: those cases run in subprocesses, with PICNN_EXT_CHECK_VALUES=1 (a ValueError from the host
+check) and without it (a device-side failure).
+"""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
+
+# Cases checked on tensor values rather than metadata.
+VALUE_CASES = {"p above 1", "p below 0", "p NaN", "p NaN soft", "logits NaN", "logits all -inf"}
 
 
 def gate_args(device, **override):
@@ -32,8 +45,42 @@ GATE_CASES = [
 ]
 
 
+def call_case(backend, case):
+    """Build the arguments of a named case and call the op (also run in subprocesses for CUDA)."""
+    for name, override, _error, _message in GATE_CASES:
+        if name == case:
+            return backend.gate(**gate_args(backend.device, **{k: v(backend.device) for k, v in override.items()}))
+    for name, override, _error, _message in SAMPLE_CASES:
+        if name == case:
+            return backend.sample(**sample_args(backend.device, override))
+    raise KeyError(case)
+
+
+def check_value_case_on_cuda(backend, case, message):
+    """A value check on CUDA, in fresh processes: a ValueError with the host check switched on, else a
+    device-side failure (the CUDA context of that process is lost)."""
+    code = (f"import sys, torch; sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+            "from conftest import Backend; from test_bad_input import call_case\n"
+            f"backend = Backend({backend.namespace!r}, 'cuda')\n"
+            "try:\n"
+            f"    call_case(backend, {case!r}); torch.cuda.synchronize()\n"
+            "except ValueError as error: print('ValueError:', error)\n"
+            "except RuntimeError as error: print('RuntimeError:', error)\n")
+    for check_values in ("1", "0"):
+        env = {**os.environ, "PICNN_EXT_CHECK_VALUES": check_values}
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+        output = result.stdout + result.stderr
+        if check_values == "1":
+            assert result.returncode == 0 and "ValueError:" in output, output
+            assert any(word in output for word in message.split("|")), output
+        else:
+            assert result.returncode != 0 or "RuntimeError:" in output, output
+
+
 @pytest.mark.parametrize("case,override,error,message", GATE_CASES, ids=[c[0] for c in GATE_CASES])
 def test_bernoulli_gate_rejects(backend, case, override, error, message):
+    if backend.device.type == "cuda" and case in VALUE_CASES:
+        return check_value_case_on_cuda(backend, case, "p must hold probabilities")
     args = gate_args(backend.device, **{k: v(backend.device) for k, v in override.items()})
     before = {k: v.clone() for k, v in args.items() if isinstance(v, torch.Tensor) and v.device.type != "meta"}
     with pytest.raises(error, match=message):
@@ -62,12 +109,23 @@ SAMPLE_CASES = [
 ]
 
 
+def sample_args(device, override):
+    args = dict(logits=torch.randn(2, 3, device=device), noise=None, generator=None)
+    args.update({k: v(device) for k, v in override.items()})
+    return args
+
+
 @pytest.mark.parametrize("case,override,error,message", SAMPLE_CASES, ids=[c[0] for c in SAMPLE_CASES])
 def test_sample_class_rejects(backend, case, override, error, message):
-    args = dict(logits=torch.randn(2, 3, device=backend.device), noise=None, generator=None)
-    args.update({k: v(backend.device) for k, v in override.items()})
+    if backend.device.type == "cuda" and case in VALUE_CASES:
+        return check_value_case_on_cuda(backend, case, "NaN|finite")
     with pytest.raises(error, match=message):
-        backend.sample(**args)
+        backend.sample(**sample_args(backend.device, override))
+
+
+def test_sample_class_backward_rejects_bad_logits(backend):
+    with pytest.raises(ValueError, match=r"logits must have shape \(B, C\)"):
+        backend.ops.sample_class_backward(torch.randn(6, device=backend.device), torch.randn(6, device=backend.device))
 
 
 def test_public_functions_reject_non_tensors():

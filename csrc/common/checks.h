@@ -112,6 +112,12 @@ inline void check_sample_class_args(const at::Tensor& logits, const std::optiona
   }
 }
 
+inline void check_sample_class_backward_args(const at::Tensor& grad_onehot, const at::Tensor& logits) {
+  check_float_tensor(logits, "sample_class_backward", "logits");
+  TORCH_CHECK_VALUE(logits.dim() == 2, "sample_class_backward: logits must have shape (B, C), got ", logits.sizes());
+  check_grad_like(grad_onehot, logits, "sample_class_backward", "grad_onehot", "logits");
+}
+
 // The dtype in which a kernel accumulates for inputs of dtype t: float64 for float64, else float32.
 inline at::ScalarType opmath_dtype(at::ScalarType t) {
   return t == at::kDouble ? at::kDouble : at::kFloat;

@@ -1,7 +1,7 @@
 // Counter-based Philox4x32-10 random numbers, shared by the CPU and the CUDA kernels.
 //
 // A draw is keyed by the logical element index i = b * K + k (word i % 4 of the Philox block of counter
-// (i / 4, offset)), never by a thread or block id, so the
+// (offset / 4, i / 4)), never by a thread or block id, so the
 // same (seed, offset) gives the same mask on any backend, launch shape or GPU model. The pure-PyTorch
 // fallback (picnn_ext/reference.py) implements the same function with int64 tensor arithmetic.
 #pragma once
@@ -49,11 +49,14 @@ PICNN_HOST_DEVICE PhiloxBlock philox4x32_10(PhiloxBlock counter, uint32_t key0, 
   return counter;
 }
 
-// The four 32-bit words of Philox block `block` of the draw identified by (seed, offset): the counter is
-// (block, offset) and the key is the seed.
+// The four 32-bit words of Philox block `block` of the draw identified by (seed, offset). The counter is
+// (offset / 4, block) and the key the seed: the layout of curand's Philox for subsequence `block` at
+// `offset`, which PyTorch's CUDA generator hands out in exclusive ranges (philox_cuda_state), so these
+// words never repeat those of another op drawing from the same generator.
 PICNN_HOST_DEVICE PhiloxBlock philox_block(uint64_t seed, uint64_t offset, uint64_t block) {
-  const PhiloxBlock counter{{static_cast<uint32_t>(block), static_cast<uint32_t>(block >> 32),
-                             static_cast<uint32_t>(offset), static_cast<uint32_t>(offset >> 32)}};
+  const uint64_t step = offset >> 2;
+  const PhiloxBlock counter{{static_cast<uint32_t>(step), static_cast<uint32_t>(step >> 32),
+                             static_cast<uint32_t>(block), static_cast<uint32_t>(block >> 32)}};
   return philox4x32_10(counter, static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
 }
 

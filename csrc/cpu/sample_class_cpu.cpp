@@ -87,12 +87,11 @@ std::tuple<at::Tensor, at::Tensor> sample_class_cpu(const at::Tensor& logits, co
 
 // grad_logits = pi * (g - sum_j pi_j g_j), with pi recomputed from the logits (cheaper than saving it).
 at::Tensor sample_class_backward_cpu(const at::Tensor& grad_onehot, const at::Tensor& logits) {
-  check_float_tensor(logits, "sample_class_backward", "logits");
-  check_grad_like(grad_onehot, logits, "sample_class_backward", "grad_onehot", "logits");
+  check_sample_class_backward_args(grad_onehot, logits);
   const at::Tensor l = logits.contiguous();
   const at::Tensor g = grad_onehot.contiguous();
   at::Tensor grad = at::empty_like(l);
-  const int64_t B = l.size(0), C = l.dim() == 2 ? l.size(1) : 0;
+  const int64_t B = l.size(0), C = l.size(1);
   if (l.numel() == 0) return grad;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, l.scalar_type(), "sample_class_backward_cpu", [&] {
     using acc_t = opmath_t<scalar_t>;

@@ -148,8 +148,7 @@ std::tuple<at::Tensor, at::Tensor> sample_class_cuda(const at::Tensor& logits, c
 }
 
 at::Tensor sample_class_backward_cuda(const at::Tensor& grad_onehot, const at::Tensor& logits) {
-  check_float_tensor(logits, "sample_class_backward", "logits");
-  check_grad_like(grad_onehot, logits, "sample_class_backward", "grad_onehot", "logits");
+  check_sample_class_backward_args(grad_onehot, logits);
   const c10::cuda::CUDAGuard guard(logits.device());
   const at::Tensor l = logits.contiguous();
   const at::Tensor g = grad_onehot.contiguous();
