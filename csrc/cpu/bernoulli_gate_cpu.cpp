@@ -6,8 +6,8 @@
 // measured 3.5x slower on the backward here.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
-#include <ATen/CPUGeneratorImpl.h>
 #include <torch/library.h>
 
 #include <atomic>
@@ -16,7 +16,6 @@
 #include "../common/philox.h"
 #include "multiversion.h"
 #include "random_cpu.h"
-#include <ATen/OpMathType.h>
 
 namespace picnn {
 namespace {
