@@ -1,10 +1,18 @@
-"""Turn a pytest-benchmark JSON file into a markdown table of medians, speed-ups and bandwidth.
+"""Turn pytest-benchmark JSON files into markdown tables.
 
-    python benchmarks/report.py gate.json [--out table.md]
+    python benchmarks/report.py gate.json [picnn_step.json mis.json ...] [--out tables.md]
 
-For every case: the median time of the fused op and of the pure-PyTorch composition, the speed-up
-(composition / fused), the fused op's achieved GB/s for the bytes it must move, and that as a fraction of
-the measured copy bandwidth of the same tensor.
+Each file gets a line saying what it was measured on, then its tables:
+
+- bernoulli_gate results (bench_bernoulli_gate.py: extra_info with a direction and the bytes moved): per case
+  the median time of the fused op and of the pure-PyTorch composition, the speed-up (composition / fused),
+  the fused op's achieved GB/s for the bytes it must move, and that as a fraction of the measured copy
+  bandwidth of the same tensor.
+- every other benchmark group (bench_picnn_step.py, bench_mutual_information.py, ...): one row per group,
+  the median of each implementation (extra_info["impl"], else the test's name) and its time as a multiple of
+  the baseline's: picnn_ext or fused where the group has it, else the first one run. "3.00x" means the
+  baseline is three times faster. Where results record CUDA peak memory and host synchronisation
+  (bench_picnn_step.py on a GPU), a second table gives them.
 """
 from __future__ import annotations
 
@@ -12,23 +20,33 @@ import argparse
 import json
 from collections import defaultdict
 
+BASELINES = ("picnn_ext", "fused")
+MIB = 2**20
+
 
 def load(path):
+    """machine info, date, gate rows, copy bandwidths, and the other groups ({group: {impl: benchmark}})."""
     with open(path) as f:
         data = json.load(f)
     rows = defaultdict(dict)  # (direction, case) -> impl -> (median seconds, bytes)
     copies = {}
+    groups = {}  # insertion-ordered: the order the benchmarks ran
     for bench in data["benchmarks"]:
-        info = bench["extra_info"]
+        info = bench.get("extra_info") or {}
         median = bench["stats"]["median"]
-        if info["impl"] == "copy":
-            copies[info["case"]] = info["bytes"] / median
-        else:
-            rows[(info["direction"], info["case"])][info["impl"]] = (median, info["bytes"])
-    return data.get("machine_info", {}), data.get("datetime"), rows, copies
+        if "direction" in info:  # a bernoulli_gate result
+            if info["impl"] == "copy":
+                copies[info["case"]] = info["bytes"] / median
+            else:
+                rows[(info["direction"], info["case"])][info["impl"]] = (median, info["bytes"])
+            continue
+        group = bench.get("group") or bench["fullname"].split("::")[0]
+        groups.setdefault(group, {})[info.get("impl", bench["name"])] = bench
+    return data.get("machine_info", {}), data.get("datetime"), rows, copies, groups
 
 
 def table(rows, copies) -> str:
+    """The bernoulli_gate table (see the module docstring)."""
     lines = ["| direction | case | fused (ms) | composition (ms) | speed-up | fused GB/s | copy GB/s | of copy |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
     for (direction, case), impls in sorted(rows.items()):
@@ -45,17 +63,77 @@ def table(rows, copies) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("json", help="pytest-benchmark --benchmark-json output")
-    parser.add_argument("--out", help="also write the table to this markdown file")
-    args = parser.parse_args(argv)
-    machine, when, rows, copies = load(args.json)
+def _case_names(groups):
+    """Row labels: the groups without a prefix ("picnn_step:") they all share, and that prefix."""
+    prefixes = {group.split(":", 1)[0] for group in groups if ":" in group}
+    if len(prefixes) == 1 and all(":" in group for group in groups):
+        return [group.split(":", 1)[1] for group in groups], prefixes.pop()
+    return list(groups), None
+
+
+def _row(cells) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def ratio_tables(groups) -> list[str]:
+    """One time table (and, where recorded, a memory table) per set of implementations compared."""
+    by_impls = defaultdict(dict)  # the implementations, in run order -> {group: {impl: benchmark}}
+    for group, impls in groups.items():
+        by_impls[tuple(impls)][group] = impls
+    tables = []
+    for impl_names, members in by_impls.items():
+        baseline = next((name for name in BASELINES if name in impl_names), impl_names[0])
+        others = [name for name in impl_names if name != baseline]
+        ordered = [baseline] + others
+        cases, prefix = _case_names(members)
+        caption = f"**{prefix}**: " if prefix else ""
+        caption += "median time (ms)" + (f"; ratio = an implementation's median / {baseline}'s" if others else "")
+        header = ["case"] + [f"{name} (ms)" for name in ordered] + [f"{name} / {baseline}" for name in others]
+        lines = [caption, "", _row(header), "|---|" + "---:|" * (len(header) - 1)]
+        for case, impls in zip(cases, members.values()):
+            medians = {name: impls[name]["stats"]["median"] for name in ordered}
+            lines.append(_row([case] + [f"{medians[name] * 1e3:.3f}" for name in ordered]
+                              + [f"{medians[name] / medians[baseline]:.2f}x" for name in others]))
+        tables.append("\n".join(lines))
+
+        recorded = [impls for impls in members.values()
+                    if any("peak_mem_bytes" in b["extra_info"] for b in impls.values())]
+        if recorded:
+            header = (["case"] + [f"{name} MiB" for name in ordered] + [f"{name} host sync" for name in ordered])
+            lines = ["Peak CUDA memory of one step in MiB (in parentheses: above what the inputs and parameters "
+                     "already held), and whether the step waits on the host", "",
+                     _row(header), "|---|" + "---:|" * len(ordered) + "---|" * len(ordered)]
+            for case, impls in zip(cases, members.values()):
+                if impls not in recorded:
+                    continue
+                info = {name: impls[name]["extra_info"] for name in ordered}
+                memory = [f"{info[n]['peak_mem_bytes'] / MIB:.1f} (+{info[n]['step_mem_bytes'] / MIB:.1f})"
+                          if "peak_mem_bytes" in info[n] else "-" for n in ordered]
+                sync = [{True: "yes", False: "no"}.get(info[n].get("host_sync"), "-") for n in ordered]
+                lines.append(_row([case] + memory + sync))
+            tables.append("\n".join(lines))
+    return tables
+
+
+def render(path) -> str:
+    machine, when, rows, copies, groups = load(path)
     cpu = machine.get("cpu", {})
     device = machine.get("gpu") or f"{cpu.get('brand_raw', machine.get('processor', '?'))}, {cpu.get('count', '?')} CPUs"
     header = (f"Device: {device}; torch {machine.get('torch', '?')} ({machine.get('torch_threads', '?')} threads); "
-              f"malloc settings {machine.get('malloc_env') or 'default'}; run {when}\n\n")
-    text = header + table(rows, copies)
+              f"malloc settings {machine.get('malloc_env') or 'default'}; run {when}")
+    parts = [header]
+    if rows:
+        parts.append(table(rows, copies))
+    parts.extend(ratio_tables(groups))
+    return "\n\n".join(parts)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("json", nargs="+", help="pytest-benchmark --benchmark-json outputs")
+    parser.add_argument("--out", help="also write the tables to this markdown file")
+    args = parser.parse_args(argv)
+    text = "\n\n".join(f"{path}:\n\n{render(path)}" if len(args.json) > 1 else render(path) for path in args.json)
     print(text)
     if args.out:
         with open(args.out, "w") as f:

@@ -62,6 +62,8 @@ def gate_layout(x: torch.Tensor, channel_dim: int) -> GateLayout:
     innermost, fmt = False, torch.contiguous_format
     if dim == x.dim() - 1 and x.dim() > 2:
         innermost = True
+    elif positions == 1:
+        innermost = True  # (B, K) or 1x1 maps: one row of K per sample beats K rows of one
     elif not x.is_contiguous() and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
         innermost, fmt = True, torch.channels_last
     elif not x.is_contiguous() and x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d):

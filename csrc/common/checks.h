@@ -57,6 +57,8 @@ inline GateLayout gate_layout(const at::Tensor& x, int64_t channel_dim) {
   }
   if (dim == x.dim() - 1 && x.dim() > 2) {
     layout.channels_innermost = true;  // tokens (B, N, K): contiguous memory is already (B, S, K)
+  } else if (layout.positions == 1) {
+    layout.channels_innermost = true;  // (B, K) or 1x1 maps: one row of K per sample beats K rows of one
   } else if (!x.is_contiguous() && x.dim() == 4 && x.is_contiguous(at::MemoryFormat::ChannelsLast)) {
     layout.channels_innermost = true;
     layout.memory_format = at::MemoryFormat::ChannelsLast;

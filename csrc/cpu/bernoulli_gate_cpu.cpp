@@ -53,7 +53,9 @@ int64_t draw_mask(const scalar_t* prob, const opmath_t<scalar_t>* uniform, uint6
   std::atomic<int64_t> first_bad{n};
   // Parallel over whole blocks, so that every block starts on a multiple of 4 (a Philox block).
   const int64_t blocks = (n + kBlock - 1) / kBlock;
-  at::parallel_for(0, blocks, std::max<int64_t>(1, kGrainElements / kBlock), [&](int64_t first, int64_t last) {
+  // Drawing is compute-bound (ten Philox rounds per four elements): smaller tasks than the memory-bound loops.
+  constexpr int64_t kDrawGrainBlocks = 8;
+  at::parallel_for(0, blocks, kDrawGrainBlocks, [&](int64_t first, int64_t last) {
     float drawn[kBlock];
     for (int64_t block = first; block < last; ++block) {
       const int64_t start = block * kBlock;
