@@ -71,6 +71,12 @@ def gate_layout(x: torch.Tensor, channel_dim: int) -> GateLayout:
     return GateLayout(batch, channels, positions, dim, innermost, fmt)
 
 
+def position_dims(x: torch.Tensor, channel_dim: int) -> list[int]:
+    """The dims of x other than the batch (0) and the channels (`channel_dim`): the positions to sum over."""
+    dim = channel_dim % x.dim()
+    return [d for d in range(1, x.dim()) if d != dim]
+
+
 def check_gate_args(x, p, noise, channel_dim, p_name: str = "p") -> GateLayout:
     op = "bernoulli_gate"
     check_float_tensor(x, op, "x")

@@ -13,7 +13,7 @@ import os
 import torch
 
 from ._checks import (check_gate_args, check_grad_like, check_sample_class_args, check_sample_class_backward_args,
-                      opmath_dtype)
+                      opmath_dtype, position_dims)
 
 # Value checks (range of p, NaN logits) on the host, with a synchronisation on CUDA; else device-side there.
 HOST_VALUE_CHECKS = os.environ.get("PICNN_EXT_CHECK_VALUES", "0").strip() not in ("", "0")
@@ -119,7 +119,7 @@ def bernoulli_gate_backward(grad_y, x, mask, channel_dim):
     g = grad_y.to(acc)
     grad_x = (g * _broadcast_over_positions(mask.to(acc), x, layout.channel_dim)).to(x.dtype)
     grad_x = grad_x.contiguous(memory_format=layout.memory_format)
-    positions = [d for d in range(1, x.dim()) if d != layout.channel_dim]
+    positions = position_dims(x, layout.channel_dim)
     product = g * x.to(acc)
     grad_p = product.sum(positions) if positions else product
     return grad_x, grad_p.to(mask.dtype).reshape(layout.batch, layout.channels)

@@ -204,3 +204,21 @@ def test_no_host_read_per_step(tmp_path, tiny_splits, monkeypatch):
         train(tiny_config(tmp_path, batch_size=batch_size, run_name=f"b{batch_size}"), splits=tiny_splits)
         reads.append(counts["reads"])
     assert reads[0] == reads[1]
+
+
+def test_std_trains_on_the_discrimination_pathway_alone(tmp_path, tiny_splits, monkeypatch):
+    # STD's step is CE(l1) alone: it never samples a class while gradients are recorded (evaluation, under
+    # no_grad, still reads the pathways). PICNN's step does, which shows the check can fail.
+    from picnn_ext import ops
+
+    real_sample_class = ops.sample_class
+
+    def only_outside_training_steps(*args, **kwargs):
+        if torch.is_grad_enabled():
+            raise AssertionError("a class was sampled in a training step")
+        return real_sample_class(*args, **kwargs)
+
+    monkeypatch.setattr(ops, "sample_class", only_outside_training_steps)
+    train(tiny_config(tmp_path, method="std", epochs=1), splits=tiny_splits)
+    with pytest.raises(AssertionError, match="sampled in a training step"):
+        train(tiny_config(tmp_path, method="picnn", epochs=1), splits=tiny_splits)

@@ -64,5 +64,9 @@ class PathwayAccuracy:
                 self.total[name] += targets.shape[0]
 
     def compute(self) -> dict[str, float]:
-        return {name: float(self.correct[name]) / self.total[name] if self.total[name] else math.nan
-                for name in _NAMES}
+        """The accuracies, reading the device counts back once."""
+        seen = [name for name in _NAMES if self.total[name]]
+        counts = torch.stack([torch.as_tensor(self.correct[name]) for name in seen]).tolist() if seen else []
+        result = {name: math.nan for name in _NAMES}
+        result.update({name: count / self.total[name] for name, count in zip(seen, counts)})
+        return result

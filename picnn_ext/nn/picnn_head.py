@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
+from .._checks import position_dims
 
 __all__ = ["PICNNHead", "PICNNOutput", "PICNNNoise", "picnn_loss", "select_rows_st"]
 
@@ -156,9 +157,7 @@ class PICNNHead(nn.Module):
         """Mean over every position (all dims but the batch and the filters): (B, K)."""
         if features.dim() == 2:
             return features
-        channel_dim = self.channel_dim % features.dim()
-        positions = [d for d in range(1, features.dim()) if d != channel_dim]
-        return features.mean(positions)
+        return features.mean(position_dims(features, self.channel_dim))
 
     def forward(self, features: torch.Tensor, targets: torch.Tensor | None = None, *, pathways: bool | None = None,
                 generator: torch.Generator | None = None, noise: PICNNNoise | tuple | None = None) -> PICNNOutput:
@@ -196,10 +195,7 @@ class PICNNHead(nn.Module):
     def _complement_logits(self, gated_input, gate_dim, P, targets, complement_noise, generator):
         """classifier((1 - m') * A) with m' ~ Bernoulli(P[y]): the filters of the other classes alone."""
         p_target = P.index_select(0, targets)
-        # Only the mask is needed here: gating the small (B, K) tensor p_target itself draws it cheaply.
-        _, complement_mask = ops.bernoulli_gate(p_target, p_target, hard=True, noise=complement_noise,
-                                                generator=generator)
-        kept = 1 - complement_mask
-        # The soft gate multiplies by `kept` exactly, in one pass over the map, on any layout.
-        complement_input, _ = ops.bernoulli_gate(gated_input, kept, hard=False, channel_dim=gate_dim)
-        return self.classifier(complement_input)
+        target_part, _ = ops.bernoulli_gate(gated_input, p_target, hard=True, noise=complement_noise,
+                                            generator=generator, channel_dim=gate_dim)
+        # (1 - m') * A = A - m' * A exactly, since m' is 0 or 1: one gate pass over the map, on any layout.
+        return self.classifier(gated_input - target_part)

@@ -159,7 +159,7 @@ def _report_markdown(run_dir, summary, P, mi, cluster_sizes, class_names) -> str
 
 ## Test metrics
 
-ACC1: discrimination pathway; ACC2: interpretation pathway (only the filters sampled for the predicted class);
+ACC1: discrimination pathway; ACC2: interpretation pathway (only the filters sampled for the class drawn from softmax(l1));
 ACC3: complement pathway (the true class's filters removed); MIS: mean over filters of the largest mutual
 information with a class.
 

@@ -80,16 +80,6 @@ def all_reduce_sum(tensor: torch.Tensor, context: DistContext) -> torch.Tensor:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
 
-
-def broadcast_object(value: Any, context: DistContext) -> Any:
-    """Rank 0's ``value`` on every rank."""
-    if not context.distributed:
-        return value
-    holder = [value]
-    dist.broadcast_object_list(holder, src=0)
-    return holder[0]
-
-
 def gather_objects(value: Any, context: DistContext) -> List[Any]:
     """Every rank's ``value``, in rank order, on every rank."""
     if not context.distributed:

@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..metrics.accuracy import PathwayAccuracy
+from .._checks import position_dims
 from ..metrics.mutual_information import mutual_information_score
 
 # The interpretation and complement pathways draw random classes and masks; each evaluation draws them
@@ -51,7 +52,8 @@ def evaluate(
     test split, at the end of training. The model is left in eval mode.
     """
     model.eval()
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    # A generator of its own: a DataLoader otherwise draws its base seed from the global one.
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, generator=torch.Generator().manual_seed(seed))
     accuracy = PathwayAccuracy()
     targets, features = [], []
     generator = torch.Generator(device).manual_seed(seed)
@@ -65,10 +67,9 @@ def evaluate(
         accuracy.update(out.logits, out.interp_logits, out.complement_logits, labels)
         if with_mis:
             targets.append(labels)
-            # X = sum of A over the positions, (B, K): all the MIS needs (DESIGN.md section 7). Maps are
-            # (B, K, H, W); tokens (B, N, K) have the filters last.
-            positions = (1,) if getattr(model, "tokens", False) else tuple(range(2, A.dim()))
-            features.append(A.float().sum(dim=positions))
+            # X = sum of A over the positions, (B, K): all the MIS needs (DESIGN.md section 7). The
+            # filters lie on the head's channel_dim: 1 for maps, -1 for tokens ((B, N, K) or (B, H, W, K)).
+            features.append(A.float().sum(dim=position_dims(A, model.head.channel_dim)))
 
     result = EvalResult(**accuracy.compute())  # The one read of the counts.
     if with_mis:
