@@ -143,7 +143,7 @@ def _compare_command(args: argparse.Namespace) -> int:
 
 def _digits_demo_command(args: argparse.Namespace) -> int:
     if args.seeds < 1 or args.epochs < 1:
-        raise ValueError("--seeds and --epochs must be at least 1")
+        raise ValueError(f"--seeds and --epochs must be at least 1, got --seeds {args.seeds} --epochs {args.epochs}")
     out_dir = args.out_dir or os.path.join("runs", time.strftime("digits-demo-%Y%m%d-%H%M%S"))
     splits = load_dataset("digits")  # Once, for all the runs.
     summaries = []

@@ -389,3 +389,14 @@ def test_cuda_graph_training_step_equals_eager():
                     features.grad]
         for got, want in zip(replayed, expected):
             torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(num_filters=0, num_classes=3), "num_filters must be an integer >= 1"),
+    (dict(num_filters=4, num_classes=0), "num_classes must be an integer >= 1"),
+    (dict(num_filters=4, num_classes=3, lam=-1.0), "lam must be >= 0"),
+    (dict(num_filters=4, num_classes=3, channel_dim=2), "channel_dim must be 1"),
+])
+def test_head_rejects_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        PICNNHead(**kwargs)

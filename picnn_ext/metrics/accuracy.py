@@ -17,12 +17,12 @@ __all__ = ["accuracy_pathways", "PathwayAccuracy"]
 _NAMES = ("acc1", "acc2", "acc3")
 
 
-def _correct(logits: torch.Tensor | None, targets: torch.Tensor) -> torch.Tensor | None:
+def _correct(logits: torch.Tensor | None, targets: torch.Tensor, name: str = "logits") -> torch.Tensor | None:
     """Number of rows whose argmax is the target, as a 0-dim tensor on the logits' device (no sync)."""
     if logits is None:
         return None
     if logits.dim() != 2 or logits.shape[0] != targets.shape[0]:
-        raise ValueError(f"accuracy: logits must have shape (B, C) with B = {targets.shape[0]} targets, "
+        raise ValueError(f"accuracy: {name} must have shape (B, C) with B = {targets.shape[0]} targets, "
                          f"got {list(logits.shape)}")
     return (logits.argmax(dim=1) == targets).sum()
 
@@ -57,8 +57,9 @@ class PathwayAccuracy:
     @torch.no_grad()
     def update(self, logits: torch.Tensor | None, interp_logits: torch.Tensor | None,
                complement_logits: torch.Tensor | None, targets: torch.Tensor) -> None:
-        for name, pathway in zip(_NAMES, (logits, interp_logits, complement_logits)):
-            correct = _correct(pathway, targets)
+        arguments = ("logits", "interp_logits", "complement_logits")
+        for name, argument, pathway in zip(_NAMES, arguments, (logits, interp_logits, complement_logits)):
+            correct = _correct(pathway, targets, argument)
             if correct is not None:
                 self.correct[name] = self.correct[name] + correct
                 self.total[name] += targets.shape[0]

@@ -16,6 +16,7 @@ step compiles with `torch.compile(fullgraph=True)` and can be captured in a CUDA
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from typing import NamedTuple, Optional
 
@@ -128,6 +129,11 @@ class PICNNHead(nn.Module):
     def __init__(self, num_filters: int, num_classes: int, *, classifier: nn.Module | None = None,
                  lam: float = 2.0, channel_dim: int = 1):
         super().__init__()
+        for name, value in (("num_filters", num_filters), ("num_classes", num_classes)):
+            if not (isinstance(value, numbers.Integral) and value >= 1):
+                raise ValueError(f"PICNNHead: {name} must be an integer >= 1, got {value!r}")
+        if not lam >= 0:
+            raise ValueError(f"PICNNHead: lam must be >= 0, got {lam}")
         if channel_dim not in (1, -1):
             raise ValueError(f"PICNNHead: channel_dim must be 1 (B, K, ...) or -1 (B, ..., K), got {channel_dim}")
         self.num_filters = num_filters

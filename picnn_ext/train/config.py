@@ -74,8 +74,9 @@ class TrainConfig:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
         if not self.lr > 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
-        if self.weight_decay < 0 or self.lam < 0:
-            raise ValueError("weight_decay and lam must be >= 0")
+        for name in ("weight_decay", "lam"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.run_name is not None and (not self.run_name or os.sep in self.run_name):
             raise ValueError(f"run_name must be a plain folder name, got {self.run_name!r}")
         return self
