@@ -23,7 +23,7 @@ from torch import nn
 
 from ..nn import PICNN
 
-__all__ = ["convert"]
+__all__ = ["backbone_state_keys", "convert"]
 
 _RESNET_TRUNK = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
 
@@ -125,8 +125,19 @@ def _backbone_of(model: nn.Module, in_channels: int | None, tokens: bool | None)
         f"picnn_ext.nn.PICNN(backbone, in_channels, num_classes).")
 
 
+def backbone_state_keys(model: nn.Module) -> set:
+    """The keys of ``model.state_dict()`` that :func:`convert` keeps (its feature extractor's): the rest,
+    the model's classifier, is dropped. Read from a deep copy, by which tensors the extractor holds."""
+    probe = copy.deepcopy(model)
+    keys_of = {}
+    for key, value in probe.state_dict(keep_vars=True).items():
+        keys_of.setdefault(id(value), []).append(key)
+    backbone, _, _ = _backbone_of(probe, None, None)
+    return {key for value in backbone.state_dict(keep_vars=True).values() for key in keys_of.get(id(value), [])}
+
+
 def convert(model: nn.Module, num_classes: int, num_filters: int = 64, *, in_channels: int | None = None,
-            tokens: bool | None = None, lam: float = 2.0) -> PICNN:
+            tokens: bool | None = None, lam: float = 2.0, interpreted_activation: str | None = None) -> PICNN:
     """A PICNN on the feature extractor of `model` (see the module's docstring for what is recognised).
 
     Args:
@@ -136,9 +147,11 @@ def convert(model: nn.Module, num_classes: int, num_filters: int = 64, *, in_cha
         in_channels: the feature extractor's output channels, when they cannot be read from the model.
         tokens: whether the features have their channels on the last dim; None decides by the model.
         lam: the weight of the interpretation loss.
+        interpreted_activation: None (the authors' interpreted layer, a bare 3x3 conv) or "relu".
     """
     backbone, width, channels_last = _backbone_of(copy.deepcopy(model), in_channels, tokens)
     if not width:
         raise TypeError(f"convert: cannot tell how many channels the feature extractor of {type(model).__name__} "
                         f"outputs; pass in_channels=")
-    return PICNN(backbone, int(width), num_classes, num_filters, lam=lam, tokens=channels_last)
+    return PICNN(backbone, int(width), num_classes, num_filters, lam=lam, tokens=channels_last,
+                 interpreted_activation=interpreted_activation)

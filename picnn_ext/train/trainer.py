@@ -17,6 +17,7 @@ epoch.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
@@ -33,7 +34,8 @@ from tqdm.auto import tqdm
 
 from .. import __version__, ops
 from ..data import DatasetSplits, load_dataset
-from ..models.small_cnn import SmallConvNet
+from ..data.transforms import augment_batch, resize_splits
+from ..models.registry import backbone_stages, create_model
 from ..nn import PICNN
 from . import checkpoint as ckpt
 from . import distributed
@@ -48,18 +50,22 @@ class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite; training stopped."""
 
 
-def backbone_stages(image_size) -> int:
-    """Stages of the small backbone for an image size: each stage after the first halves the map, and
-    the map should stay at least 4 pixels wide; 3 stages at most (an 8x8 map for 32x32 images)."""
-    smallest_side = min(image_size)
-    return min(3, max(1, 1 + int(math.floor(math.log2(max(smallest_side, 1) / 4)))))
+__all__ = ["NonFiniteLossError", "Trainer", "backbone_stages", "build_model", "load_trained_model", "train"]
 
 
-def build_model(config: TrainConfig, in_channels: int, num_classes: int, image_size) -> PICNN:
-    """The network of a run; the weights come from torch's global generator (seed it first)."""
-    stages = config.stages if config.stages is not None else backbone_stages(image_size)
-    backbone = SmallConvNet(in_channels, width=config.width, stages=stages)
-    return PICNN(backbone, backbone.out_channels, num_classes, num_filters=config.num_filters, lam=config.lam)
+def build_model(config: TrainConfig, in_channels: int, num_classes: int, image_size, *,
+                with_weights: bool = False) -> PICNN:
+    """The network of a run (``config.backbone``, see :mod:`picnn_ext.models.registry`); the weights come
+    from torch's global generator (seed it first), and from ``config.weights`` with ``with_weights`` (a
+    new run; a resumed or finished one has its own)."""
+    if config.image_size is not None:
+        image_size = (config.image_size, config.image_size)
+    return create_model(
+        config.backbone, num_classes, num_filters=config.num_filters, in_channels=in_channels,
+        image_size=tuple(image_size), weights=config.weights if with_weights else None, lam=config.lam,
+        interpreted_activation=None if config.interpreted_activation == "none" else config.interpreted_activation,
+        width=config.width, stages=config.stages,
+    )
 
 
 def load_trained_model(run_dir: str, splits: Optional[DatasetSplits] = None, *, which: str = ckpt.BEST_FILE,
@@ -71,6 +77,7 @@ def load_trained_model(run_dir: str, splits: Optional[DatasetSplits] = None, *, 
     config = ckpt.load_config(run_dir)
     if splits is None:
         splits = load_dataset(config.dataset, seed=config.seed)
+    splits = resize_splits(splits, config.image_size)
     state = ckpt.load_checkpoint(os.path.join(run_dir, which), expected=config)
     model = build_model(config, splits.in_channels, splits.num_classes, splits.image_size)
     model.load_state_dict(state["model"])
@@ -125,7 +132,9 @@ class Trainer:
         self.context = context
         self.device = context.device
         # Everything that can fail on bad input happens before the first file is written.
-        self.splits = splits if splits is not None else load_dataset(config.dataset, seed=config.seed)
+        self.splits = resize_splits(
+            splits if splits is not None else load_dataset(config.dataset, seed=config.seed), config.image_size
+        )
         for split in ("train", "val", "test"):
             if len(getattr(self.splits, split)) == 0:
                 raise ValueError(f"data set {config.dataset!r}: the {split} split is empty")
@@ -141,8 +150,11 @@ class Trainer:
         torch.manual_seed(config.seed)
         np.random.seed(config.seed)
         self.model = build_model(
-            config, self.splits.in_channels, self.splits.num_classes, self.splits.image_size
+            config, self.splits.in_channels, self.splits.num_classes, self.splits.image_size,
+            with_weights=state is None,
         ).to(self.device)
+        if config.channels_last:
+            self.model.to(memory_format=torch.channels_last)
         self.picnn = config.method == "picnn"
         if not self.picnn:
             # STD never runs the interpretation pathway, so theta gets no gradient; marking it frozen says
@@ -261,6 +273,8 @@ class Trainer:
         for step, (images, targets) in enumerate(batches):
             images = images.to(device, non_blocking=True)
             targets = targets.to(device, non_blocking=True)
+            if config.augment:
+                images = augment_batch(images, self.generator, mean=self.splits.mean, std=self.splits.std)
             try:
                 loss = self._step(images, targets)
             except ValueError as error:
@@ -296,13 +310,21 @@ class Trainer:
 
     def _step(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """One optimisation step; returns the loss, detached, still on the device."""
+        if self.config.channels_last and images.dim() == 4:
+            images = images.contiguous(memory_format=torch.channels_last)
         # PICNN: the loss of the three pathways; STD: the discrimination pathway alone, CE(l1).
-        out = self.net(images, targets, pathways=self.picnn, generator=self.generator)
+        with self._autocast():  # the backbone, the ops and the head; backward runs outside, as autocast asks
+            out = self.net(images, targets, pathways=self.picnn, generator=self.generator)
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         self.optimizer.step()
         self.scheduler.step()
         return out.loss.detach()
+
+    def _autocast(self):
+        if self.config.amp == "bf16":
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     def _what_is_kept(self, epoch: int) -> str:
         """The sentence that tells a stopped run what is left of it."""
