@@ -164,9 +164,9 @@ def test_nan_in_a_later_epoch_keeps_the_previous_checkpoint(tmp_path, tiny_split
     original_step = Trainer._step
     calls = {"steps": 0}
 
-    def step_with_nan_from_epoch_2(self, images, targets):
+    def step_with_nan_from_epoch_2(self, images, targets, epoch):
         calls["steps"] += 1
-        loss = original_step(self, images, targets)
+        loss = original_step(self, images, targets, epoch)
         # 8 steps per epoch: from the 3rd step of epoch 2 on, report a NaN loss.
         return loss * float("nan") if calls["steps"] > 10 else loss
 

@@ -11,12 +11,27 @@ import torch
 import torch.nn.functional as F
 
 from ..train import checkpoint as ckpt
+from ..train.methods import METHOD_NAMES
 from ..train.trainer import load_trained_model
 
 METRICS = ("acc1", "acc2", "acc3", "mis")
-METRIC_TITLES = {"acc1": "ACC1", "acc2": "ACC2", "acc3": "ACC3", "mis": "MIS"}
+METRIC_TITLES = {"acc1": "ACC1", "acc2": "ACC2", "acc3": "ACC3", "mis": "MIS", "density": "L1 density"}
 # Methods in the order tables list them: the baseline first.
-METHOD_ORDER = {"std": 0, "picnn": 1}
+METHOD_ORDER = {name: order for order, name in enumerate(METHOD_NAMES)}
+MISSING = "–"
+
+
+def metric_columns(summaries: Sequence[Dict]) -> List[str]:
+    """The test metrics of a set of runs: the common ones first, then each method's own, in first-seen order.
+    A run without a column (STD has no L1 density) shows a dash there."""
+    seen = list(METRICS)
+    for summary in summaries:
+        seen += [name for name in summary["test"] if name not in seen]
+    return [name for name in seen if any(name in summary["test"] for summary in summaries)]
+
+
+def metric_title(name: str) -> str:
+    return METRIC_TITLES.get(name, name)
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -36,15 +51,17 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str
 
 def compare_table(run_dirs: Sequence[str]) -> str:
     """One row per finished run: method, data set, seed, the test metrics and the training time."""
+    summaries = [ckpt.load_summary(run_dir) for run_dir in run_dirs]
+    columns = metric_columns(summaries)
     rows = []
-    for run_dir in run_dirs:
-        summary = ckpt.load_summary(run_dir)
+    for run_dir, summary in zip(run_dirs, summaries):
         test = summary["test"]
         rows.append([
             os.path.basename(os.path.normpath(run_dir)), summary["method"], summary["dataset"],
-            str(summary["seed"]), *(f"{test[name]:.4f}" for name in METRICS), f"{summary['train_time_s']:.1f}",
+            str(summary["seed"]), *(f"{test[name]:.4f}" if name in test else MISSING for name in columns),
+            f"{summary['train_time_s']:.1f}",
         ])
-    headers = ["run", "method", "dataset", "seed", *(METRIC_TITLES[name] for name in METRICS), "train time (s)"]
+    headers = ["run", "method", "dataset", "seed", *(metric_title(name) for name in columns), "train time (s)"]
     return markdown_table(headers, rows)
 
 
@@ -57,17 +74,21 @@ def seed_table(summaries: Sequence[Dict]) -> str:
     by_method: Dict[str, List[Dict]] = {}
     for summary in summaries:
         by_method.setdefault(summary["method"], []).append(summary)
+    columns = metric_columns(summaries)
     rows = []
     for method in sorted(by_method, key=lambda name: (METHOD_ORDER.get(name, len(METHOD_ORDER)), name)):
         runs = by_method[method]
         cells = [method.upper(), str(len(runs))]
-        for name in METRICS:
+        for name in columns:
+            if not all(name in run["test"] for run in runs):
+                cells.append(MISSING)
+                continue
             values = np.array([run["test"][name] for run in runs])
             spread = values.std(ddof=1) if len(values) > 1 else 0.0
             cells.append(f"{values.mean():.4f} ± {spread:.4f}")
         cells.append(f"{np.mean([run['train_time_s'] for run in runs]):.1f}")
         rows.append(cells)
-    headers = ["method", "seeds", *(METRIC_TITLES[name] for name in METRICS), "train time per run (s)"]
+    headers = ["method", "seeds", *(metric_title(name) for name in columns), "train time per run (s)"]
     return markdown_table(headers, rows)
 
 

@@ -10,11 +10,9 @@ from typing import Any, Dict, List, Mapping, Optional
 
 from ..data import parse_dataset_spec
 
-METHODS = ("std", "picnn")
-METHOD_HELP = (
-    "'std' (cross-entropy on the discrimination pathway only) or 'picnn' (plus lam times the "
-    "cross-entropy of the interpretation pathway on the positive samples)"
-)
+from .methods import METHOD_HELP, METHOD_NAMES
+
+METHODS = METHOD_NAMES
 BACKBONES = ("small_cnn",)
 
 # Settings that only say where and how fast a run goes, not what it computes: they may differ between a
@@ -59,7 +57,7 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         """Raise ValueError with a readable message for any setting that cannot work; returns self."""
         if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}; expected {METHOD_HELP}")
+            raise ValueError(f"unknown method {self.method!r}; expected one of {', '.join(METHODS)} ({METHOD_HELP})")
         parse_dataset_spec(self.dataset)  # Raises with the list of accepted specs.
         if self.backbone not in BACKBONES:
             raise ValueError(f"unknown backbone {self.backbone!r}; expected one of {', '.join(BACKBONES)}")
