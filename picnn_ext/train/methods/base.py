@@ -92,6 +92,11 @@ class TrainingMethod:
         """Numbers read off the weights (one host read each), logged per epoch and in the summary."""
         return {}
 
+    def filter_class_matrix(self, model: nn.Module) -> Optional[Tuple[str, torch.Tensor]]:
+        """(symbol, (C, K) matrix) that assigns the interpreted layer's filters to classes, for the report
+        and the comparison with class-wise CAR (PICNN: P; CSG: G); None where the method has none."""
+        return None
+
     def epoch_note(self, epoch: int) -> str:
         """A word on what this epoch trains, for the per-epoch line (CSG: which path)."""
         return ""

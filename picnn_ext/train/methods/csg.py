@@ -66,5 +66,8 @@ class CSGMethod(TrainingMethod):
     def model_metrics(self, model: nn.Module) -> Dict[str, float]:
         return {"density": float(model.head.density())}
 
+    def filter_class_matrix(self, model):
+        return "G", model.head.G.detach()
+
     def epoch_note(self, epoch: int) -> str:
         return "csg" if self.csg_epoch(epoch) else "std"

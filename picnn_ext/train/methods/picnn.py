@@ -37,6 +37,10 @@ class PICNNMethod(TrainingMethod):
                            A, model.head.channel_dim)
 
 
+    def filter_class_matrix(self, model):
+        return "P", model.head.P.detach()
+
+
 class STDMethod(PICNNMethod):
     name = "std"
     help = "cross-entropy on the discrimination pathway only (the baseline)"
