@@ -21,6 +21,7 @@ from .data import DATASET_SPEC_HELP, load_dataset
 from .report import compare_table, seed_table, write_report
 from .train import NonFiniteLossError, TrainConfig, load_config, load_summary, train
 from .train.checkpoint import atomic_write_text
+from .train.methods import METHOD_HELP, METHOD_NAMES
 
 # Errors that bad input causes (a wrong option, a missing or foreign file, a diverging run): the command
 # prints their message alone. Any other exception is a bug and keeps its traceback.
@@ -51,8 +52,7 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
     def flag(name: str, field: str, help_text: str) -> None:
         parser.add_argument(name, dest=field, action="store_true", default=argparse.SUPPRESS, help=help_text)
 
-    option("--method", "method", "std (CE on the discrimination pathway) or picnn (plus the PICNN loss)",
-           choices=["std", "picnn"])
+    option("--method", "method", f"training method: {METHOD_HELP}", choices=list(METHOD_NAMES))
     option("--dataset", "dataset", f"data set: {DATASET_SPEC_HELP}", metavar="SPEC")
     option("--epochs", "epochs", "training epochs", type=int)
     option("--batch-size", "batch_size", "batch size per process", type=int)
@@ -77,6 +77,13 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
     option("--interpreted-activation", "interpreted_activation",
            "what follows the interpreted 3x3 conv: none (the authors' layer) or relu", choices=["none", "relu"])
     option("--lam", "lam", "lambda, weight of the interpretation loss (picnn)", type=float)
+    option("--csg-warmup", "csg_warmup", "csg: STD epochs before the first CSG epoch", type=int, metavar="N")
+    option("--csg-period", "csg_period", "csg: after the warm-up, every N-th epoch is a CSG epoch", type=int,
+           metavar="N")
+    option("--csg-init", "csg_init", "csg: initial value of every gate of G", type=float)
+    option("--csg-density", "csg_density", "csg: L1 budget of G as a share of C*K", type=float)
+    option("--csg-lam-reg", "csg_lam_reg", "csg: weight of the L1 hinge on G", type=float)
+    option("--gate-lr", "gate_lr", "csg: learning rate of G (default: --lr)", type=float)
     option("--out-dir", "out_dir", "folder of the run folders", metavar="DIR")
     option("--run-name", "run_name", "the run's folder name (default: METHOD-DATASET-seedSEED)")
     option("--device", "device", "auto, cpu, cuda or cuda:N")

@@ -157,6 +157,8 @@ def test_create_model_builds_the_library_model_and_converts_it():
     assert vit.tokens and vit.features(images(1, 32)).shape == (1, 5, 4)
     with pytest.raises(ValueError, match="square"):
         create_model("vit_b_16", 3, image_size=(32, 48))
+    csg = create_model("resnet18", 5, method="csg", num_filters=8, image_size=32)  # CSG reads the same layer
+    assert csg.head.G.shape == (5, 8) and csg.interpreted_activation is None
     require("timm")
     timm_vit = create_model("timm:vit_tiny_patch16_224", 3, num_filters=4, image_size=32)
     assert timm_vit.tokens and timm_vit.features(images(1, 32)).shape == (1, 5, 4)  # class token first

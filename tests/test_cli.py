@@ -82,7 +82,7 @@ def test_bad_input_gives_one_line_and_writes_nothing(tmp_path, capsys, args, mes
 
 def test_unknown_method_is_refused_by_the_parser(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        run_cli("train", "--method", "csg")
+        run_cli("train", "--method", "bogus")
     assert exit_info.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
 

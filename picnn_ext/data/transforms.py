@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from .registry import DatasetSplits
+from .splits import DatasetSplits
 
 __all__ = ["JITTER", "ResizedDataset", "augment_batch", "colour_jitter", "resize_splits"]
 

@@ -1,4 +1,5 @@
-"""Models by name: ``create_model(name, num_classes, ...)`` builds the network and converts it into a PICNN.
+"""Models by name: ``create_model(name, num_classes, ...)`` builds the network and converts it into a PICNN
+(or CSG) network; ``create_backbone(name, ...)`` gives its feature extractor alone, for the training methods.
 
 Names (``picnn-ext train --model NAME``):
 
@@ -20,12 +21,12 @@ import torch
 from torch import nn
 
 from .._safe_load import safe_torch_load
-from ..nn import PICNN
-from .convert import backbone_state_keys, convert
+from ..nn import InterpretedNet
+from .convert import NETWORKS, backbone_state_keys, feature_extractor
 from .small_cnn import SmallConvNet
 
-__all__ = ["SMALL_CNN", "available_models", "backbone_stages", "create_model", "load_base_weights",
-           "parse_model_name"]
+__all__ = ["SMALL_CNN", "available_models", "backbone_stages", "create_backbone", "create_model",
+           "load_base_weights", "parse_model_name"]
 
 SMALL_CNN = "small_cnn"
 LIBRARIES = ("torchvision", "timm")
@@ -203,18 +204,15 @@ def _adapt_input_channels(model: nn.Module, in_channels: int) -> None:
     setattr(model.get_submodule(parent_name) if parent_name else model, child_name, new)
 
 
-def create_model(name: str, num_classes: int, *, num_filters: int = 64, in_channels: int = 3,
-                 image_size: ImageSize = None, weights: Optional[str] = None, lam: float = 2.0,
-                 interpreted_activation: Optional[str] = None, width: int = 32,
-                 stages: Optional[int] = None) -> PICNN:
-    """The PICNN of model ``name`` (see the module's docstring) with ``num_filters`` interpreted filters.
+def create_backbone(name: str, *, in_channels: int = 3, image_size: ImageSize = None, weights: Optional[str] = None,
+                    width: int = 32, stages: Optional[int] = None) -> Tuple[nn.Module, int, bool]:
+    """(backbone, its output channels, whether it yields tokens) of model ``name``: the feature extractor
+    that :func:`convert` keeps, of the library's model with random weights or ``weights`` loaded.
 
     Args:
-        num_classes: C.
         in_channels: image channels; a torchvision/timm model's first conv is adapted when not 3.
         image_size: (H, W) or a side; decides the small CNN's stages, and the token grid of ViTs.
-        weights: a local state-dict file of the library's model (loaded before conversion).
-        lam, interpreted_activation: passed to :class:`PICNN`.
+        weights: a local state-dict file of the library's model (loaded before its classifier is dropped).
         width, stages: the small CNN's (ignored for the others).
     """
     library, architecture = parse_model_name(name)
@@ -224,17 +222,29 @@ def create_model(name: str, num_classes: int, *, num_filters: int = 64, in_chann
         base = SmallConvNet(in_channels, width=width, stages=stages)
         if weights is not None:
             load_base_weights(base, weights, name)
-        return PICNN(base, base.out_channels, num_classes, num_filters=num_filters, lam=lam,
-                     interpreted_activation=interpreted_activation)
+        return base, base.out_channels, False
     base = _build_base(library, architecture, image_size)
     try:
         if weights is not None:
             load_base_weights(base, weights, name)
         if in_channels != 3:
             _adapt_input_channels(base, in_channels)
-        return convert(base, num_classes, num_filters, lam=lam, interpreted_activation=interpreted_activation)
+        return feature_extractor(base)
     except TypeError as error:  # convert() says what it looked for; here that is bad input, not a bug
         raise ValueError(f"model {name!r}: {error}") from error
+
+
+def create_model(name: str, num_classes: int, *, method: str = "picnn", num_filters: int = 64,
+                 in_channels: int = 3, image_size: ImageSize = None, weights: Optional[str] = None,
+                 width: int = 32, stages: Optional[int] = None, **network_options) -> InterpretedNet:
+    """The PICNN (or CSG, ``method="csg"``) network of model ``name`` (see the module's docstring) with
+    ``num_filters`` interpreted filters; the arguments of :func:`create_backbone`, and the network's own
+    options (``lam``, ``interpreted_activation``, ...)."""
+    if method not in NETWORKS:
+        raise ValueError(f"create_model: method must be one of {', '.join(map(repr, NETWORKS))}, got {method!r}")
+    backbone, channels, tokens = create_backbone(name, in_channels=in_channels, image_size=image_size,
+                                                 weights=weights, width=width, stages=stages)
+    return NETWORKS[method](backbone, channels, num_classes, num_filters, tokens=tokens, **network_options)
 
 
 def _pair(image_size) -> Tuple[int, int]:
