@@ -45,6 +45,9 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
             help_text = f"{help_text} (default: {default})"
         parser.add_argument(flag, dest=field, default=argparse.SUPPRESS, help=help_text, **kwargs)
 
+    def flag(name: str, field: str, help_text: str) -> None:
+        parser.add_argument(name, dest=field, action="store_true", default=argparse.SUPPRESS, help=help_text)
+
     option("--method", "method", f"training method: {METHOD_HELP}", choices=list(METHOD_NAMES))
     option("--dataset", "dataset", f"data set: {DATASET_SPEC_HELP}", metavar="SPEC")
     option("--epochs", "epochs", "training epochs", type=int)
@@ -53,9 +56,22 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
     option("--weight-decay", "weight_decay", "Adam weight decay", type=float)
     option("--schedule", "schedule", "learning-rate schedule", choices=["cosine", "none"])
     option("--seed", "seed", "seed of the weights, the data order and the sampled masks", type=int)
-    option("--width", "width", "channels of the backbone's first stage", type=int)
-    option("--stages", "stages", "stages of the backbone (default: from the image size)", type=int)
+    option("--model", "backbone", "the network: small_cnn, a torchvision classifier (resnet18, "
+           "torchvision:vit_b_16, ...) or a timm model (timm:convnext_atto, ...), random weights", metavar="NAME")
+    option("--weights", "weights", "a local state-dict file of the torchvision/timm model to start from "
+           "(nothing is downloaded; its classifier is not used)", metavar="PATH")
+    option("--image-size", "image_size", "resize the images to N x N pixels (default: the data's size)",
+           type=int, metavar="N")
+    flag("--augment", "augment", "random crop (padding N/8), horizontal flip and colour jitter of the "
+         "training images")
+    option("--amp", "amp", "bf16: run the forward (network, ops, head) under autocast in bfloat16",
+           choices=["none", "bf16"])
+    flag("--channels-last", "channels_last", "the model and the batches in the channels_last memory format")
+    option("--width", "width", "channels of the small_cnn's first stage", type=int)
+    option("--stages", "stages", "stages of the small_cnn (default: from the image size)", type=int)
     option("--num-filters", "num_filters", "K, filters of the interpreted layer", type=int)
+    option("--interpreted-activation", "interpreted_activation",
+           "what follows the interpreted 3x3 conv: none (the authors' layer) or relu", choices=["none", "relu"])
     option("--lam", "lam", "lambda, weight of the interpretation loss (picnn)", type=float)
     option("--csg-warmup", "csg_warmup", "csg: STD epochs before the first CSG epoch", type=int, metavar="N")
     option("--csg-period", "csg_period", "csg: after the warm-up, every N-th epoch is a CSG epoch", type=int,

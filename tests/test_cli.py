@@ -69,7 +69,9 @@ def test_resume_with_other_options_names_them(tmp_path, capsys):
     "args, message",
     [(["--dataset", "mnist"], "unknown data set"),
      (["--dataset", "folder:/nonexistent/images"], "does not exist"),
-     (["--epochs", "0"], "epochs must be at least 1")],
+     (["--epochs", "0"], "epochs must be at least 1"),
+     (["--model", "timm:"], "unknown model 'timm:'; known: small_cnn"),
+     (["--weights", "/nonexistent/w.pt"], "weights: no file at /nonexistent/w.pt")],
 )
 def test_bad_input_gives_one_line_and_writes_nothing(tmp_path, capsys, args, message):
     assert run_cli("train", "--out-dir", tmp_path / "runs", *args, *TINY) == 1
@@ -80,7 +82,7 @@ def test_bad_input_gives_one_line_and_writes_nothing(tmp_path, capsys, args, mes
 
 def test_unknown_method_is_refused_by_the_parser(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        run_cli("train", "--method", "csg")
+        run_cli("train", "--method", "bogus")
     assert exit_info.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
 
@@ -134,3 +136,22 @@ def test_compare_methods_covers_every_method(tmp_path, capsys):
     assert (out_dir / "results.md").read_text().count("## digits") == 1
     assert run_cli("compare-methods", "--seeds", "0", "--out-dir", tmp_path / "x", "--quiet") == 1
     assert "seeds must be at least 1" in capsys.readouterr().err
+
+def test_train_options_of_the_network_and_the_step(tmp_path, capsys):
+    out = tmp_path / "runs"
+    options = ["--model", "small_cnn", "--image-size", "16", "--augment", "--amp", "bf16", "--channels-last",
+               "--interpreted-activation", "relu"]
+    assert run_cli("train", "--epochs", "1", "--out-dir", out, *options, *TINY) == 0
+    run_dir = out / "picnn-digits-seed0"
+    config = load_config(str(run_dir))
+    assert (config.backbone, config.image_size, config.augment, config.amp, config.channels_last,
+            config.interpreted_activation) == ("small_cnn", 16, True, "bf16", True, "relu")
+    assert "head.theta" in load_checkpoint(str(run_dir / "checkpoint.pt"))["model"]
+    # Resuming takes them from the run; repeating one that differs is refused.
+    assert run_cli("train", "--resume", run_dir, "--epochs", "1") == 0
+    assert run_cli("train", "--resume", run_dir, "--interpreted-activation", "none") == 1
+    assert "interpreted_activation" in capsys.readouterr().err
+    # The defaults: the small CNN with the authors' interpreted layer, nothing after the conv.
+    assert run_cli("train", "--epochs", "1", "--out-dir", out, "--run-name", "plain", *TINY) == 0
+    plain = load_config(str(out / "plain"))
+    assert (plain.backbone, plain.interpreted_activation, plain.amp, plain.augment) == ("small_cnn", "none", "none", False)

@@ -364,3 +364,62 @@ def test_cifar10_refuses_pickled_code(cifar_folder):
     write_pickle(cifar_folder / "test_batch", {b"data": os.system, b"labels": []})
     with pytest.raises(ValueError, match="test_batch"):
         load_dataset(f"cifar10:{cifar_folder}", val_size=10)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Resizing and augmentation (picnn_ext.data.transforms)
+
+from picnn_ext.data.transforms import augment_batch, colour_jitter, resize_splits  # noqa: E402
+
+
+def test_resize_splits(shapes):
+    resized = resize_splits(shapes, 16)
+    assert resized.image_size == (16, 16) and resize_splits(shapes, 32) is shapes
+    image, label = resized.test[3]
+    original, original_label = shapes.test[3]
+    assert image.shape == (1, 16, 16) and label == original_label
+    expected = torch.nn.functional.interpolate(original[None], size=(16, 16), mode="bilinear", align_corners=False)[0]
+    torch.testing.assert_close(image, expected)
+    assert resized.test_object_masks.shape == (len(shapes.test), 16, 16)
+    assert torch.equal(resized.test_object_masks, shapes.test_object_masks[:, ::2, ::2])  # nearest
+    assert len(resized.train) == len(shapes.train) and resized.mean == shapes.mean
+
+
+def test_augment_crops_and_flips_without_jitter():
+    """Each output is an H x W window of the image padded by H/8 (zeros), flipped or not; both happen."""
+    images = torch.randn(64, 2, 8, 8, generator=torch.Generator().manual_seed(0))
+    out = augment_batch(images, torch.Generator().manual_seed(1), jitter=0)
+    padded = torch.nn.functional.pad(images, (1, 1, 1, 1))
+    flips, offsets = 0, set()
+    for i in range(len(images)):
+        matches = [(top, left, flip) for top in range(3) for left in range(3) for flip in (False, True)
+                   if torch.equal(out[i], (lambda w: w.flip(-1) if flip else w)(padded[i, :, top:top + 8, left:left + 8]))]
+        assert matches, f"sample {i} is not a crop of its padded image"
+        flips += matches[0][2]
+        offsets.add(matches[0][:2])
+    assert 16 <= flips <= 48 and len(offsets) == 9  # p = 1/2: outside these bounds with probability < 1e-4
+
+
+def test_augment_draws_from_the_generator_alone():
+    images = torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    stats = dict(mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))
+    first = augment_batch(images, torch.Generator().manual_seed(3), **stats)
+    torch.manual_seed(123)  # the global generator plays no part
+    assert torch.equal(first, augment_batch(images, torch.Generator().manual_seed(3), **stats))
+    assert not torch.equal(first, augment_batch(images, torch.Generator().manual_seed(4), **stats))
+    pixels = first * torch.tensor(stats["std"]).view(1, 3, 1, 1) + torch.tensor(stats["mean"]).view(1, 3, 1, 1)
+    assert pixels.min() >= -1e-6 and pixels.max() <= 1 + 1e-6  # jittered pixels stay in [0, 1]
+    with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
+        augment_batch(images[0], torch.Generator())
+
+
+def test_colour_jitter_factors():
+    pixels = torch.rand(3, 3, 4, 4, generator=torch.Generator().manual_seed(0)) * 0.5
+    ones = torch.ones(3)
+    torch.testing.assert_close(colour_jitter(pixels, ones, ones, ones), pixels)  # factor 1 changes nothing
+    torch.testing.assert_close(colour_jitter(pixels, 2 * ones, ones, ones), 2 * pixels)  # brightness scales
+    grey = colour_jitter(pixels, ones, ones, torch.zeros(3))  # saturation 0: every channel the luminance
+    weights = torch.tensor([0.2989, 0.587, 0.114]).view(1, 3, 1, 1)
+    torch.testing.assert_close(grey, (pixels * weights).sum(1, keepdim=True).expand_as(pixels))
+    flat = colour_jitter(pixels, ones, torch.zeros(3), ones)  # contrast 0: the mean grey everywhere
+    assert torch.allclose(flat, flat[:, :1, :1, :1].expand_as(flat))

@@ -86,11 +86,14 @@ def test_std_and_picnn_share_the_model_and_differ_in_theta(tmp_path, tiny_splits
     assert not torch.equal(trained["picnn"]["head.theta"], fresh)
 
 
-def test_resume_continues_bit_for_bit(tmp_path, tiny_splits):
-    straight = train(tiny_config(tmp_path, run_name="straight"), splits=tiny_splits)
-    interrupted = train(tiny_config(tmp_path, run_name="resumed"), splits=tiny_splits, stop_after_epoch=1)
+@pytest.mark.parametrize("augment", [False, True])
+def test_resume_continues_bit_for_bit(tmp_path, tiny_splits, augment):
+    # numpy and Python draw too, so that their states, stored as tensors and plain data, are shown to resume.
+    straight = train(tiny_config(tmp_path, run_name="straight", augment=augment), splits=tiny_splits)
+    interrupted = train(tiny_config(tmp_path, run_name="resumed", augment=augment), splits=tiny_splits,
+                        stop_after_epoch=1)
     assert not os.path.exists(os.path.join(interrupted, "summary.json"))
-    resumed = train(tiny_config(tmp_path, run_name="resumed"), splits=tiny_splits, resume=True)
+    resumed = train(tiny_config(tmp_path, run_name="resumed", augment=augment), splits=tiny_splits, resume=True)
 
     a = load_checkpoint(os.path.join(straight, "checkpoint.pt"))
     b = load_checkpoint(os.path.join(resumed, "checkpoint.pt"))
@@ -127,11 +130,15 @@ def test_refuses_to_overwrite_a_run_or_to_resume_nothing(tmp_path, tiny_splits):
 
 @pytest.mark.parametrize(
     "overrides, message",
-    [({"method": "csg"}, "unknown method"), ({"dataset": "mnist"}, "unknown data set"),
-     ({"epochs": 0}, "epochs")],
+    [({"method": "bogus"}, "unknown method"), ({"dataset": "mnist"}, "unknown data set"),
+     ({"epochs": 0}, "epochs"), ({"amp": "fp8"}, "unknown amp 'fp8'; expected 'none' or 'bf16'"),
+     ({"interpreted_activation": "gelu"}, "unknown interpreted_activation 'gelu'"),
+     ({"image_size": 0}, "image_size must be at least 1"),
+     ({"backbone": "keras:resnet"}, "unknown model 'keras:resnet'; known: small_cnn"),
+     ({"weights": "/nonexistent/weights.pt"}, "no file at /nonexistent/weights.pt")],
 )
 def test_bad_settings_fail_before_writing(tmp_path, overrides, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
         train(tiny_config(tmp_path / "out", **overrides))
     assert not os.path.exists(tmp_path / "out")
 
@@ -225,3 +232,67 @@ def test_std_trains_on_the_discrimination_pathway_alone(tmp_path, tiny_splits, m
     train(tiny_config(tmp_path, method="std", epochs=1), splits=tiny_splits)
     with pytest.raises(AssertionError, match="sampled in a training step"):
         train(tiny_config(tmp_path, method="picnn", epochs=1), splits=tiny_splits)
+
+
+class RunsCode:
+    """Unpickling this calls os.system: what a checkpoint from elsewhere could carry."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_checkpoint_with_pickled_code_is_refused_and_runs_nothing(tmp_path, tiny_splits, capsys):
+    from picnn_ext._safe_load import UnsafeFileError
+    from picnn_ext.cli import main
+
+    run_dir = train(tiny_config(tmp_path, epochs=1), splits=tiny_splits)
+    marker = tmp_path / "ran"
+    state = load_checkpoint(os.path.join(run_dir, "checkpoint.pt"))
+    state["best"] = RunsCode(marker)
+    for name in ("checkpoint.pt", "best.pt"):
+        torch.save(state, os.path.join(run_dir, name))
+    with pytest.raises(UnsafeFileError, match="refused to load the checkpoint .*checkpoint.pt: it holds objects"):
+        load_checkpoint(os.path.join(run_dir, "checkpoint.pt"))
+    with pytest.raises(UnsafeFileError):
+        train(tiny_config(tmp_path, epochs=2, run_name=os.path.basename(run_dir)), splits=tiny_splits, resume=True)
+    assert main(["report", run_dir]) == 1
+    assert "refused to load the checkpoint" in capsys.readouterr().err
+    assert not marker.exists()
+
+
+def test_bf16_autocast_and_channels_last_in_the_training_step(tmp_path, tiny_splits):
+    """The forward of a step (backbone, interpreted layer, head) runs under bfloat16 autocast on
+    channels_last batches; evaluation stays in float32."""
+    from picnn_ext.train import distributed
+    from picnn_ext.train.trainer import Trainer
+
+    config = tiny_config(tmp_path, epochs=1, amp="bf16", channels_last=True)
+    trainer = Trainer(config, distributed.setup("cpu"), tiny_splits, resume=False)
+    seen = []
+
+    def record(module, inputs, output):
+        seen.append((module.training, output.dtype, inputs[0].is_contiguous(memory_format=torch.channels_last),
+                     torch.is_autocast_enabled("cpu")))
+
+    trainer.model.interpreted[0].register_forward_hook(record)
+    assert trainer.model.interpreted[0].weight.is_contiguous(memory_format=torch.channels_last)
+    trainer.run(None)
+    training = [entry for entry in seen if entry[0]]
+    assert training and all(entry[1:] == (torch.bfloat16, True, True) for entry in training)
+    assert all(entry[1] == torch.float32 for entry in seen if not entry[0])
+    summary = load_summary(trainer.run_dir)
+    assert summary["config"]["amp"] == "bf16" and summary["test"]["acc1"] > 0.1
+
+
+def test_image_size_resizes_every_split(tmp_path, tiny_splits):
+    from picnn_ext.train import load_trained_model
+
+    run_dir = train(tiny_config(tmp_path, epochs=1, image_size=16), splits=tiny_splits)
+    model, splits = load_trained_model(run_dir, tiny_splits)
+    assert splits.image_size == (16, 16) and splits.test[0][0].shape == (1, 16, 16)
+    # The small CNN is sized for 16 px: 3 stages (2 poolings), where 8 px would give 2.
+    assert sum(isinstance(m, torch.nn.MaxPool2d) for m in model.backbone.modules()) == 2
+    assert model.features(splits.test[0][0][None]).shape[-2:] == (4, 4)

@@ -168,4 +168,6 @@ def load_cifar10(path: str, val_size: int = 5000) -> DatasetSplits:
         image_size=IMAGE_SIZE,
         class_names=class_names,
         name="cifar10",
+        mean=CIFAR10_MEAN,
+        std=CIFAR10_STD,
     )

@@ -120,4 +120,6 @@ def load_shapes(
         class_names=list(CLASS_NAMES),
         name="shapes",
         test_object_masks=torch.from_numpy(test_masks),
+        mean=(mean,),
+        std=(std,),
     )

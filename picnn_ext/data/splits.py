@@ -33,3 +33,7 @@ class DatasetSplits:
     name: str
     # Ground-truth object of each test image, bool (N_test, H, W); None where the data set has none.
     test_object_masks: Optional[torch.Tensor] = None
+    # Per-channel mean and std the images were normalised with (pixel = image * std + mean, pixels in
+    # [0, 1]); colour jitter works on the pixels. None where unknown: jitter then works on the images as they are.
+    mean: Optional[Tuple[float, ...]] = None
+    std: Optional[Tuple[float, ...]] = None

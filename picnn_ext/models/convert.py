@@ -25,7 +25,7 @@ from torch import nn
 
 from ..nn import CSG, PICNN, InterpretedNet
 
-__all__ = ["convert"]
+__all__ = ["backbone_state_keys", "convert", "feature_extractor"]
 
 _RESNET_TRUNK = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
 
@@ -127,6 +127,27 @@ def _backbone_of(model: nn.Module, in_channels: int | None, tokens: bool | None)
         f"picnn_ext.nn.PICNN(backbone, in_channels, num_classes).")
 
 
+def feature_extractor(model: nn.Module, *, in_channels: int | None = None, tokens: bool | None = None):
+    """(backbone, its output channels, whether it yields tokens) of `model` itself, not a copy: what
+    :func:`convert` builds its network on. Raises TypeError, saying what was looked for, when none is found."""
+    backbone, width, channels_last = _backbone_of(model, in_channels, tokens)
+    if not width:
+        raise TypeError(f"convert: cannot tell how many channels the feature extractor of {type(model).__name__} "
+                        f"outputs; pass in_channels=")
+    return backbone, int(width), channels_last
+
+
+def backbone_state_keys(model: nn.Module) -> set:
+    """The keys of ``model.state_dict()`` that :func:`convert` keeps (its feature extractor's): the rest,
+    the model's classifier, is dropped. Read from a deep copy, by which tensors the extractor holds."""
+    probe = copy.deepcopy(model)
+    keys_of = {}
+    for key, value in probe.state_dict(keep_vars=True).items():
+        keys_of.setdefault(id(value), []).append(key)
+    backbone, _, _ = _backbone_of(probe, None, None)
+    return {key for value in backbone.state_dict(keep_vars=True).values() for key in keys_of.get(id(value), [])}
+
+
 # The networks convert() builds, by method: each takes (backbone, in_channels, num_classes, num_filters,
 # tokens=..., **its head's options).
 NETWORKS = {"picnn": PICNN, "csg": CSG}
@@ -145,12 +166,9 @@ def convert(model: nn.Module, num_classes: int, num_filters: int = 64, *, method
         in_channels: the feature extractor's output channels, when they cannot be read from the model.
         tokens: whether the features have their channels on the last dim; None decides by the model.
         head_options: the network's own options: ``lam`` (PICNN); ``init``, ``density``, ``lam_reg`` (CSG);
-            ``classifier`` (both).
+            ``classifier`` and ``interpreted_activation`` (None, the authors' bare conv, or "relu") (both).
     """
     if method not in NETWORKS:
         raise ValueError(f"convert: method must be one of {', '.join(map(repr, NETWORKS))}, got {method!r}")
-    backbone, width, channels_last = _backbone_of(copy.deepcopy(model), in_channels, tokens)
-    if not width:
-        raise TypeError(f"convert: cannot tell how many channels the feature extractor of {type(model).__name__} "
-                        f"outputs; pass in_channels=")
-    return NETWORKS[method](backbone, int(width), num_classes, num_filters, tokens=channels_last, **head_options)
+    backbone, width, channels_last = feature_extractor(copy.deepcopy(model), in_channels=in_channels, tokens=tokens)
+    return NETWORKS[method](backbone, width, num_classes, num_filters, tokens=channels_last, **head_options)

@@ -14,16 +14,18 @@ class CSG(InterpretedNet):
     """A network whose interpreted layer is trained with class-specific gates (DESIGN.md section 4).
 
     Args:
-        backbone, in_channels, num_classes, num_filters, tokens: as for :class:`picnn_ext.nn.PICNN`.
+        backbone, in_channels, num_classes, num_filters, tokens, interpreted_activation: as for
+            :class:`picnn_ext.nn.PICNN`.
         classifier, init, density, lam_reg: passed to :class:`CSGHead`.
     """
 
     def __init__(self, backbone: nn.Module, in_channels: int, num_classes: int, num_filters: int = 64, *,
                  classifier: nn.Module | None = None, init: float = 0.5, density: float = 0.2,
-                 lam_reg: float = 1e-3, tokens: bool = False):
+                 lam_reg: float = 1e-3, tokens: bool = False, interpreted_activation: str | None = None):
         head = CSGHead(num_filters, num_classes, classifier=classifier, init=init, density=density,
                        lam_reg=lam_reg, channel_dim=-1 if tokens else 1)
-        super().__init__(backbone, in_channels, num_classes, num_filters, head, tokens=tokens)
+        super().__init__(backbone, in_channels, num_classes, num_filters, head, tokens=tokens,
+                         interpreted_activation=interpreted_activation)
 
     def forward(self, images: torch.Tensor, targets: torch.Tensor | None = None, *,
                 csg: bool | None = None) -> CSGOutput:

@@ -1,10 +1,12 @@
 """The network that every filter-level method shares: a backbone, the interpreted layer, a method's head.
 
-    backbone -> interpreted layer (Conv2d(in_channels, K, 3, padding=1) + ReLU: the map A) -> head
+    backbone -> interpreted layer (Conv2d(in_channels, K, 3, padding=1): the map A) -> head
 
-This is the PICNN authors' reference setting (an extra 3x3 conv after a ResNet's last block); CSG reads the
-same layer. For a ViT the backbone yields tokens (B, N, D) and the interpreted layer is a per-token
-Linear(D, K) + ReLU, so that the filters lie on the last dim (channel_dim=-1).
+This is the PICNN authors' reference setting: an extra 3x3 conv after a ResNet's last block, with no batch
+norm and no activation after it, so A can be negative; ``interpreted_activation="relu"`` puts a ReLU after
+the conv (non-negative filter responses). CSG reads the same layer. For a ViT the backbone yields tokens
+(B, N, D) and the interpreted layer is a per-token Linear(D, K), so that the filters lie on the last dim
+(channel_dim=-1).
 
 A method is a subclass that builds its head (:class:`picnn_ext.nn.PICNN`, :class:`picnn_ext.nn.CSG`); the
 head receives A and the keyword arguments of ``forward``.
@@ -14,14 +16,21 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["InterpretedNet", "interpreted_layer"]
+__all__ = ["INTERPRETED_ACTIVATIONS", "InterpretedNet", "interpreted_layer"]
+
+# What may follow the interpreted layer: None (the authors' layer, the default) or "relu".
+INTERPRETED_ACTIVATIONS = (None, "relu")
 
 
-def interpreted_layer(in_channels: int, num_filters: int, *, tokens: bool = False) -> nn.Module:
-    """The layer whose K filters are interpreted: a 3x3 conv, or a per-token Linear for tokens."""
+def interpreted_layer(in_channels: int, num_filters: int, *, tokens: bool = False,
+                      activation: str | None = None) -> nn.Module:
+    """The layer whose K filters are interpreted: a 3x3 conv, or a per-token Linear for tokens; followed
+    by nothing (``activation=None``, the authors' layer) or by a ReLU (``"relu"``)."""
+    if activation not in INTERPRETED_ACTIVATIONS:
+        raise ValueError(f"interpreted_activation must be None (the authors' layer) or 'relu', got {activation!r}")
     layer = nn.Linear(in_channels, num_filters) if tokens else nn.Conv2d(in_channels, num_filters, 3, padding=1)
-    # ReLU: the filters' responses are non-negative activations, as in the authors' network.
-    return nn.Sequential(layer, nn.ReLU())
+    # A Sequential either way, so that the layer's parameters keep their names (interpreted.0.*).
+    return nn.Sequential(layer, nn.ReLU()) if activation == "relu" else nn.Sequential(layer)
 
 
 class InterpretedNet(nn.Module):
@@ -35,17 +44,19 @@ class InterpretedNet(nn.Module):
         num_filters: K, the filters of the interpreted layer.
         head: the method's head, built by the subclass; it reads A with the filters on ``channel_dim``.
         tokens: the backbone yields tokens; the interpreted layer is then a per-token Linear.
+        interpreted_activation: None (the authors' interpreted layer: nothing after the conv) or "relu".
     """
 
     def __init__(self, backbone: nn.Module, in_channels: int, num_classes: int, num_filters: int, head: nn.Module,
-                 *, tokens: bool = False):
+                 *, tokens: bool = False, interpreted_activation: str | None = None):
         super().__init__()
         self.backbone = backbone
         self.in_channels = in_channels
         self.num_classes = num_classes
         self.num_filters = num_filters
         self.tokens = tokens
-        self.interpreted = interpreted_layer(in_channels, num_filters, tokens=tokens)
+        self.interpreted_activation = interpreted_activation
+        self.interpreted = interpreted_layer(in_channels, num_filters, tokens=tokens, activation=interpreted_activation)
         self.head = head
 
     @property

@@ -21,12 +21,15 @@ class PICNN(InterpretedNet):
         num_filters: K, the filters of the interpreted layer.
         classifier, lam: passed to PICNNHead.
         tokens: the backbone yields tokens; the interpreted layer is then a per-token Linear.
+        interpreted_activation: None (the authors' interpreted layer, a bare conv) or "relu".
     """
 
     def __init__(self, backbone: nn.Module, in_channels: int, num_classes: int, num_filters: int = 64, *,
-                 classifier: nn.Module | None = None, lam: float = 2.0, tokens: bool = False):
+                 classifier: nn.Module | None = None, lam: float = 2.0, tokens: bool = False,
+                 interpreted_activation: str | None = None):
         head = PICNNHead(num_filters, num_classes, classifier=classifier, lam=lam, channel_dim=-1 if tokens else 1)
-        super().__init__(backbone, in_channels, num_classes, num_filters, head, tokens=tokens)
+        super().__init__(backbone, in_channels, num_classes, num_filters, head, tokens=tokens,
+                         interpreted_activation=interpreted_activation)
 
     def forward(self, images: torch.Tensor, targets: torch.Tensor | None = None, pathways: bool | None = None, *,
                 generator: torch.Generator | None = None, noise: PICNNNoise | tuple | None = None) -> PICNNOutput:

@@ -25,6 +25,7 @@ from typing import Any, Dict, Iterator, List, Optional
 import numpy as np
 import torch
 
+from .._safe_load import UnsafeFileError, safe_torch_load
 from .config import TrainConfig, differing_keys
 
 CONFIG_FILE = "config.json"
@@ -34,7 +35,9 @@ METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 TEST_MI_FILE = "test_mi.npy"
 # Bumped when the checkpoint layout changes, so an old file is rejected with a message, not a KeyError.
-CHECKPOINT_VERSION = 1
+# Version 2: only tensors and plain data (loaded with weights_only=True); the interpreted layer's activation
+# in the config.
+CHECKPOINT_VERSION = 2
 
 
 class CheckpointMismatchError(ValueError):
@@ -110,10 +113,16 @@ def truncate_metrics(path: str, last_epoch: int) -> None:
 
 def capture_rng_state() -> Dict[str, Any]:
     """Every random stream a training step may draw from: torch's CPU generator (the masks and the class
-    draws of PICNN on the CPU), the CUDA generators, numpy's and Python's."""
+    draws of PICNN on the CPU), the CUDA generators, numpy's and Python's.
+
+    Only tensors and plain Python data, so that a checkpoint loads with ``weights_only=True``: numpy's
+    Mersenne-Twister key becomes an int64 tensor, Python's state is a tuple of ints already."""
+    bit_generator, key, position, has_gauss, cached_gaussian = np.random.get_state()
     state = {
         "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
+        "numpy": {"bit_generator": str(bit_generator), "key": torch.from_numpy(key.astype(np.int64)),
+                  "position": int(position), "has_gauss": int(has_gauss),
+                  "cached_gaussian": float(cached_gaussian)},
         "python": random.getstate(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -123,7 +132,9 @@ def capture_rng_state() -> Dict[str, Any]:
 
 def restore_rng_state(state: Dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    numpy_state = state["numpy"]
+    np.random.set_state((numpy_state["bit_generator"], numpy_state["key"].numpy().astype(np.uint32),
+                         numpy_state["position"], numpy_state["has_gauss"], numpy_state["cached_gaussian"]))
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -172,12 +183,14 @@ def save_best(run_dir: str, *, config: TrainConfig, epoch: int, model: torch.nn.
 
 def load_checkpoint(path: str, expected: Optional[TrainConfig] = None) -> Dict[str, Any]:
     """Load a checkpoint (on the CPU) and, when ``expected`` is given, check that it was made with the same
-    settings: :class:`CheckpointMismatchError` names each differing key with both values."""
+    settings: :class:`CheckpointMismatchError` names each differing key with both values.
+
+    Only tensors and plain data are unpickled (``weights_only=True``): a file that holds anything else is
+    refused with :class:`UnsafeFileError` before any of it is built, so a run folder from elsewhere cannot
+    run code on ``--resume`` or ``picnn-ext report``."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no checkpoint at {path}")
-    # weights_only=False: the checkpoint holds numpy and Python random states, which are not tensors.
-    # Only load checkpoints you trust, as with any pickle.
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = safe_torch_load(path, what="checkpoint")
     if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:
         raise CheckpointMismatchError(
             f"{path} is not a picnn_ext checkpoint of version {CHECKPOINT_VERSION}"

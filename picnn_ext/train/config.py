@@ -13,7 +13,8 @@ from ..data import parse_dataset_spec
 from .methods import METHOD_HELP, METHOD_NAMES
 
 METHODS = METHOD_NAMES
-BACKBONES = ("small_cnn",)
+INTERPRETED_ACTIVATIONS = ("none", "relu")
+AMP_DTYPES = ("none", "bf16")
 
 # Settings that only say where and how fast a run goes, not what it computes: they may differ between a
 # run and its resumption. Every other field must match, or the resumed run would not continue the same
@@ -36,7 +37,21 @@ class TrainConfig:
     # Cosine annealing from ``lr`` to 0 over all training steps; "none" keeps ``lr`` constant.
     schedule: str = "cosine"
     seed: int = 0
+    # The network (``--model``): "small_cnn", a torchvision classifier ("resnet18", "torchvision:resnet18")
+    # or a timm one ("timm:convnext_atto"), see picnn_ext.models.registry; random weights unless ``weights``.
     backbone: str = "small_cnn"
+    # A local state-dict file of the torchvision/timm model to start from (its classifier is not used).
+    weights: Optional[str] = None
+    # Images are resized to image_size x image_size (bilinear) before the network; None keeps the data's.
+    image_size: Optional[int] = None
+    # Random crop (padding image_size / 8), horizontal flip and colour jitter of the training batches.
+    augment: bool = False
+    # "bf16": the forward (backbone, ops, head) under torch.autocast in bfloat16; "none": float32.
+    amp: str = "none"
+    # The model and the batches in the channels_last memory format (faster convolutions on GPUs).
+    channels_last: bool = False
+    # What follows the interpreted 3x3 conv: "none" (the authors' layer) or "relu".
+    interpreted_activation: str = "none"
     # Channels of the small backbone's first stage (each later stage doubles them).
     width: int = 32
     # Stages of the small backbone; None picks them from the image size (2 for 8x8, 3 from 16x16 up).
@@ -68,8 +83,15 @@ class TrainConfig:
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; expected one of {', '.join(METHODS)} ({METHOD_HELP})")
         parse_dataset_spec(self.dataset)  # Raises with the list of accepted specs.
-        if self.backbone not in BACKBONES:
-            raise ValueError(f"unknown backbone {self.backbone!r}; expected one of {', '.join(BACKBONES)}")
+        if not isinstance(self.backbone, str) or not self.backbone.strip():
+            raise ValueError(f"model must be a model name, got {self.backbone!r}")
+        if self.interpreted_activation not in INTERPRETED_ACTIVATIONS:
+            raise ValueError(f"unknown interpreted_activation {self.interpreted_activation!r}; expected "
+                             f"{' or '.join(map(repr, INTERPRETED_ACTIVATIONS))}")
+        if self.amp not in AMP_DTYPES:
+            raise ValueError(f"unknown amp {self.amp!r}; expected {' or '.join(map(repr, AMP_DTYPES))}")
+        if self.image_size is not None and self.image_size < 1:
+            raise ValueError(f"image_size must be at least 1, got {self.image_size}")
         if self.schedule not in ("cosine", "none"):
             raise ValueError(f"unknown schedule {self.schedule!r}; expected 'cosine' or 'none'")
         for name in ("epochs", "batch_size", "width", "num_filters"):

@@ -16,6 +16,8 @@ epoch.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import math
 import os
 import sys
@@ -32,6 +34,7 @@ from tqdm.auto import tqdm
 
 from .. import __version__, ops
 from ..data import DatasetSplits, load_dataset
+from ..data.transforms import augment_batch, resize_splits
 from . import checkpoint as ckpt
 from . import distributed
 from .config import TrainConfig
@@ -61,8 +64,10 @@ def load_trained_model(run_dir: str, splits: Optional[DatasetSplits] = None, *, 
     config = ckpt.load_config(run_dir)
     if splits is None:
         splits = load_dataset(config.dataset, seed=config.seed)
+    splits = resize_splits(splits, config.image_size)
     state = ckpt.load_checkpoint(os.path.join(run_dir, which), expected=config)
-    method = create_method(config)
+    # The checkpoint holds the weights: a --weights file is not read again (it may have moved).
+    method = create_method(dataclasses.replace(config, weights=None))
     model = method.build_model(splits.in_channels, splits.num_classes, splits.image_size)
     method.prepare(model)
     model.load_state_dict(state["model"])
@@ -117,7 +122,9 @@ class Trainer:
         self.context = context
         self.device = context.device
         # Everything that can fail on bad input happens before the first file is written.
-        self.splits = splits if splits is not None else load_dataset(config.dataset, seed=config.seed)
+        self.splits = resize_splits(
+            splits if splits is not None else load_dataset(config.dataset, seed=config.seed), config.image_size
+        )
         for split in ("train", "val", "test"):
             if len(getattr(self.splits, split)) == 0:
                 raise ValueError(f"data set {config.dataset!r}: the {split} split is empty")
@@ -132,10 +139,13 @@ class Trainer:
 
         torch.manual_seed(config.seed)
         np.random.seed(config.seed)
-        self.method = create_method(config)
+        # A resumed run has its weights in the checkpoint: a --weights file is read by a new run alone.
+        self.method = create_method(config if state is None else dataclasses.replace(config, weights=None))
         self.model = self.method.build_model(
             self.splits.in_channels, self.splits.num_classes, self.splits.image_size
         ).to(self.device)
+        if config.channels_last:
+            self.model.to(memory_format=torch.channels_last)
         self.method.prepare(self.model)
         self.net = self.model
         if context.distributed:
@@ -253,6 +263,8 @@ class Trainer:
         for step, (images, targets) in enumerate(batches):
             images = images.to(device, non_blocking=True)
             targets = targets.to(device, non_blocking=True)
+            if config.augment:
+                images = augment_batch(images, self.generator, mean=self.splits.mean, std=self.splits.std)
             try:
                 loss = self._step(images, targets, epoch)
             except ValueError as error:
@@ -288,13 +300,21 @@ class Trainer:
 
     def _step(self, images: torch.Tensor, targets: torch.Tensor, epoch: int) -> torch.Tensor:
         """One optimisation step; returns the loss, detached, still on the device."""
-        loss = self.method.training_loss(self.net, images, targets, epoch=epoch, generator=self.generator)
+        if self.config.channels_last and images.dim() == 4:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with self._autocast():  # the network, the ops, the head and the loss; backward runs outside, as autocast asks
+            loss = self.method.training_loss(self.net, images, targets, epoch=epoch, generator=self.generator)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
         self.method.after_step(self.model, epoch=epoch)
         self.scheduler.step()
         return loss.detach()
+
+    def _autocast(self):
+        if self.config.amp == "bf16":
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     def _what_is_kept(self, epoch: int) -> str:
         """The sentence that tells a stopped run what is left of it."""

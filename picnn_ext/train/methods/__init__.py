@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Dict, Type
 
-from .base import EvalOutputs, TrainingMethod, backbone_stages, build_backbone
+from .base import EvalOutputs, TrainingMethod, backbone_stages, build_backbone, build_network
 from .csg import CSGMethod, is_csg_epoch
 from .picnn import PICNNMethod, STDMethod
 
@@ -33,4 +33,4 @@ def create_method(config: "TrainConfig") -> TrainingMethod:
 
 
 __all__ = ["CSGMethod", "EvalOutputs", "METHOD_CLASSES", "METHOD_HELP", "METHOD_NAMES", "TrainingMethod", "backbone_stages",
-           "build_backbone", "create_method", "is_csg_epoch"]
+           "build_backbone", "build_network", "create_method", "is_csg_epoch"]

@@ -15,33 +15,46 @@ Everything a method does in a step stays on the device (no ``.item()``), as the 
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
 
-from ...models.small_cnn import SmallConvNet
+from ...models.registry import backbone_stages, create_backbone
 
 if TYPE_CHECKING:  # The config imports the registry, not the other way round.
     from ..config import TrainConfig
 
-__all__ = ["EvalOutputs", "TrainingMethod", "backbone_stages", "build_backbone"]
+__all__ = ["EvalOutputs", "TrainingMethod", "backbone_stages", "build_backbone", "build_network"]
 
 
-def backbone_stages(image_size) -> int:
-    """Stages of the small backbone for an image size: each stage after the first halves the map, and
-    the map should stay at least 4 pixels wide; 3 stages at most (an 8x8 map for 32x32 images)."""
-    smallest_side = min(image_size)
-    return min(3, max(1, 1 + int(math.floor(math.log2(max(smallest_side, 1) / 4)))))
+def _create_backbone(config: "TrainConfig", in_channels: int, image_size) -> Tuple[nn.Module, int, bool]:
+    return create_backbone(config.backbone, in_channels=in_channels, image_size=tuple(image_size),
+                           weights=config.weights, width=config.width, stages=config.stages)
 
 
 def build_backbone(config: "TrainConfig", in_channels: int, image_size) -> Tuple[nn.Module, int]:
-    """(backbone, its output channels) of a run: the same for every method."""
-    stages = config.stages if config.stages is not None else backbone_stages(image_size)
-    backbone = SmallConvNet(in_channels, width=config.width, stages=stages)
-    return backbone, backbone.out_channels
+    """(backbone, its output channels (B, C, H, W)) of a run: the same for every method. ``config.backbone``
+    names it (``--model``: the small CNN, a torchvision or a timm CNN, see :mod:`picnn_ext.models.registry`),
+    with ``config.weights`` loaded when given. A model whose features are tokens (a ViT) is refused here:
+    :func:`build_network` takes it."""
+    backbone, channels, tokens = _create_backbone(config, in_channels, image_size)
+    if tokens:
+        raise ValueError(f"model {config.backbone!r} yields tokens, not a feature map; method {config.method!r} "
+                         f"needs a CNN")
+    return backbone, channels
+
+
+def build_network(config: "TrainConfig", network: type, in_channels: int, num_classes: int, image_size,
+                  **options) -> nn.Module:
+    """``network`` (an :class:`~picnn_ext.nn.InterpretedNet`: PICNN, CSG) on the run's backbone, with the
+    run's interpreted layer (K filters, the activation after it, a per-token Linear for a ViT's tokens);
+    ``options`` go to the network (its head's)."""
+    backbone, channels, tokens = _create_backbone(config, in_channels, image_size)
+    activation = None if config.interpreted_activation == "none" else config.interpreted_activation
+    return network(backbone, channels, num_classes, num_filters=config.num_filters, tokens=tokens,
+                   interpreted_activation=activation, **options)
 
 
 @dataclass

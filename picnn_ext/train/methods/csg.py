@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ...nn import CSG
-from .base import EvalOutputs, TrainingMethod, build_backbone
+from .base import EvalOutputs, TrainingMethod, build_network
 
 __all__ = ["CSGMethod", "is_csg_epoch"]
 
@@ -38,9 +38,8 @@ class CSGMethod(TrainingMethod):
 
     def build_model(self, in_channels: int, num_classes: int, image_size) -> CSG:
         config = self.config
-        backbone, width = build_backbone(config, in_channels, image_size)
-        return CSG(backbone, width, num_classes, num_filters=config.num_filters, init=config.csg_init,
-                   density=config.csg_density, lam_reg=config.csg_lam_reg)
+        return build_network(config, CSG, in_channels, num_classes, image_size, init=config.csg_init,
+                             density=config.csg_density, lam_reg=config.csg_lam_reg)
 
     def parameter_groups(self, model: nn.Module) -> List[dict]:
         G = model.head.G

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ...nn import PICNN
-from .base import EvalOutputs, TrainingMethod, build_backbone
+from .base import EvalOutputs, TrainingMethod, build_network
 
 __all__ = ["PICNNMethod", "STDMethod"]
 
@@ -22,8 +22,7 @@ class PICNNMethod(TrainingMethod):
     pathways = True
 
     def build_model(self, in_channels: int, num_classes: int, image_size) -> PICNN:
-        backbone, width = build_backbone(self.config, in_channels, image_size)
-        return PICNN(backbone, width, num_classes, num_filters=self.config.num_filters, lam=self.config.lam)
+        return build_network(self.config, PICNN, in_channels, num_classes, image_size, lam=self.config.lam)
 
     def training_loss(self, net, images, targets, *, epoch, generator):
         return net(images, targets, pathways=self.pathways, generator=generator).loss
