@@ -197,7 +197,7 @@ def test_class_without_images_has_nan_and_never_wins():
     data = [(images[labels != 2], labels[labels != 2]) for images, labels in data]
     result = filter_importance(model, data)
     assert result.class_counts[2] == 0 and result.class_car[:, 2].isnan().all()
-    assert (result.most_important_class() != 2).all()
+    assert (result.most_important_class() != 2).all() and (result.most_important_class() >= 0).any()
     assert result.to_dict()["class_car"][0][2] is None
 
 
@@ -325,11 +325,12 @@ def test_eval_data_accuracy_and_the_model_left_alone():
 
 
 def test_assignment_agreement():
-    class_car = torch.tensor([[0.1, 0.3, 0.0], [0.5, 0.2, 0.1], [0.0, 0.0, 0.4], [0.2, 0.1, float("nan")]])
-    P = torch.tensor([[0.1, 0.7, 0.2, 0.3], [0.8, 0.2, 0.1, 0.3], [0.1, 0.1, 0.7, 0.4]])  # (C, K)
-    # Most important: 1, 0, 2, 0; assigned by P: 1, 0, 2, 2.
-    assert assignment_agreement(class_car, P) == 0.75
-    assert assignment_agreement(class_car.numpy(), torch.tensor([1, 0, 0, 0])) == 0.75
+    class_car = torch.tensor([[0.1, 0.3, 0.0], [0.5, 0.2, 0.1], [0.0, 0.0, 0.4], [0.2, 0.1, float("nan")],
+                              [0.0, -0.1, 0.0]])
+    P = torch.tensor([[0.1, 0.7, 0.2, 0.3, 0.8], [0.8, 0.2, 0.1, 0.3, 0.1], [0.1, 0.1, 0.7, 0.4, 0.1]])  # (C, K)
+    # Most important: 1, 0, 2, 0, none (no class loses accuracy); assigned by P: 1, 0, 2, 2, 0.
+    assert assignment_agreement(class_car, P) == 0.6
+    assert assignment_agreement(class_car.numpy(), torch.tensor([1, 0, 0, 0, 0])) == 0.6
     with pytest.raises(ValueError, match="assignment"):
         assignment_agreement(class_car, P.t())
 
@@ -407,3 +408,64 @@ def test_a_layer_that_is_not_a_chain_is_refused():
         remove_filters(model, [0], data[0][0], layer="conv2")
     with pytest.raises(ValueError, match="layer 'relu'.*conv or Linear"):
         remove_filters(model, [0], data[0][0], layer="relu")
+
+
+# --------------------------------------------------------------------------------------------------------
+# picnn-ext car
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, one_thread):
+    import dataclasses
+
+    from torch.utils.data import Subset
+
+    from picnn_ext.data import load_dataset
+    from picnn_ext.train import TrainConfig, train
+
+    splits = load_dataset("digits")
+    splits = dataclasses.replace(splits, train=Subset(splits.train, range(256)),
+                                 val=Subset(splits.val, range(120)), test=Subset(splits.test, range(150)))
+    config = TrainConfig(epochs=2, batch_size=32, width=4, num_filters=8, device="cpu", quiet=True,
+                         out_dir=str(tmp_path_factory.mktemp("runs")))
+    return train(config, splits=splits), splits
+
+
+def test_car_command_writes_json_and_figures(finished_run, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    import json
+
+    from torch.utils.data import DataLoader
+
+    from picnn_ext.cli import main
+    from picnn_ext.report.car_report import write_car_report
+    from picnn_ext.train import load_trained_model
+
+    run_dir, splits = finished_run
+    path = write_car_report(run_dir, str(tmp_path / "car"), keep=5, splits=splits)
+    result = json.load(open(path, encoding="utf-8"))
+    for name in ("car_curve.png", "class_car.png"):
+        assert (tmp_path / "car" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    model, _ = load_trained_model(run_dir, splits)
+    val = filter_importance(model, DataLoader(splits.val, batch_size=50))
+    assert result["val"]["car"] == val.car.tolist() and result["val"]["num_samples"] == 120
+    assert result["test"]["num_samples"] == 150 and len(result["test"]["class_car"]) == 8
+    assert [step["num_filters"] for step in result["curve"]] == [8, 7, 6, 5]
+    assert result["curve"][0]["accuracy"] == val.accuracy
+    assert len(result["pruned"]["kept"]) == 5 and result["pruned"]["parameters"] < result["pruned"]["parameters_before"]
+    assert 0.0 <= result["agreement_test"]["P"] <= 1.0
+
+    # Through the command, on an inner layer, down to the accuracy floor; and bad input writes nothing.
+    out = tmp_path / "inner"
+    assert main(["car", run_dir, "--layer", "backbone.1.0", "--min-accuracy", "0.0", "--out", str(out)]) == 0
+    inner = json.load(open(out / "car.json", encoding="utf-8"))
+    assert inner["layer"] == "backbone.1.0" and inner["curve"][-1]["num_filters"] == 1
+    capsys.readouterr()
+    for args, message in ((["--layer", "backbone.9"], "layer must be the name of a module"),
+                          (["--keep", "9"], "keep must be at most K = 8")):
+        assert main(["car", run_dir, "--out", str(tmp_path / "bad"), *args]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("picnn-ext car: error:") and message in err and "Traceback" not in err
+        assert not (tmp_path / "bad").exists()
+    with pytest.raises(SystemExit):
+        main(["car", run_dir, "--keep", "2", "--min-accuracy", "0.5"])

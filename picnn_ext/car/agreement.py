@@ -15,6 +15,9 @@ __all__ = ["assignment_agreement"]
 def assignment_agreement(class_car, assignment) -> float:
     """The share of filters whose most important class by class-wise CAR is the class assigned to them.
 
+    A filter whose removal costs no class any accuracy (largest class-wise CAR <= 0) has no most important
+    class and counts as not agreeing; the share is over all K filters.
+
     Args:
         class_car: (K, C) class-wise CAR (``FilterImportance.class_car``), a tensor or an array.
         assignment: (C, K) filter-class matrix (P of PICNN, G of CSG): each filter's class is the argmax

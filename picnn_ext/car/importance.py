@@ -59,7 +59,8 @@ class FilterImportance:
         return self.class_counts.shape[0]
 
     def most_important_class(self) -> torch.Tensor:
-        """(K,) each filter's most important class: the argmax over classes of its class-wise CAR."""
+        """(K,) each filter's most important class: the argmax over classes of its class-wise CAR; -1 where
+        removing the filter costs no class any accuracy."""
         return most_important_class(self.class_car)
 
     def to_dict(self) -> Dict[str, Any]:
@@ -78,8 +79,11 @@ class FilterImportance:
 
 
 def most_important_class(class_car: torch.Tensor) -> torch.Tensor:
-    """(K,) argmax over classes of a (K, C) class-wise CAR; classes without images (NaN) never win."""
-    return torch.nan_to_num(class_car.double(), nan=-math.inf).argmax(dim=1)
+    """(K,) argmax over classes of a (K, C) class-wise CAR, and -1 for a filter whose removal costs no class
+    any accuracy (largest class-wise CAR <= 0: the argmax would only be the first of tied zeros). Classes
+    without images (NaN) never win."""
+    best, classes = torch.nan_to_num(torch.as_tensor(class_car).double(), nan=-math.inf).max(dim=1)
+    return torch.where(best > 0, classes, torch.full_like(classes, -1))
 
 
 def model_device(model: nn.Module) -> torch.device:
