@@ -208,6 +208,8 @@ def test_model_mode_and_weights_are_left_alone():
     model.train()
     filter_importance(model, make_data())
     assert model.training
+    smaller, _ = prune(model, make_data(), "backbone.1.0", keep=3)
+    assert model.training and smaller.training
     assert all(torch.equal(value, model.state_dict()[key]) for key, value in state.items())
 
 
@@ -443,7 +445,8 @@ def test_car_command_writes_json_and_figures(finished_run, tmp_path, capsys):
 
     run_dir, splits = finished_run
     path = write_car_report(run_dir, str(tmp_path / "car"), keep=5, splits=splits)
-    result = json.load(open(path, encoding="utf-8"))
+    assert path == str(tmp_path / "car" / "car.json")
+    result = json.loads((tmp_path / "car" / "car.json").read_text(encoding="utf-8"))
     for name in ("car_curve.png", "class_car.png"):
         assert (tmp_path / "car" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     model, _ = load_trained_model(run_dir, splits)
@@ -458,7 +461,7 @@ def test_car_command_writes_json_and_figures(finished_run, tmp_path, capsys):
     # Through the command, on an inner layer, down to the accuracy floor; and bad input writes nothing.
     out = tmp_path / "inner"
     assert main(["car", run_dir, "--layer", "backbone.1.0", "--min-accuracy", "0.0", "--out", str(out)]) == 0
-    inner = json.load(open(out / "car.json", encoding="utf-8"))
+    inner = json.loads((out / "car.json").read_text(encoding="utf-8"))
     assert inner["layer"] == "backbone.1.0" and inner["curve"][-1]["num_filters"] == 1
     capsys.readouterr()
     for args, message in ((["--layer", "backbone.9"], "layer must be the name of a module"),

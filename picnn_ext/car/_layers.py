@@ -102,10 +102,13 @@ def trace_group(model: nn.Module, layer: str, example: torch.Tensor) -> ChannelG
     trace = _Trace(model)
     if next(module.children(), None) is not None:  # a container: watch its own output as well
         trace.handles.append(module.register_forward_hook(trace._hook(layer)))
+    was_training = model.training
+    model.eval()  # no batch statistics updated, no random pathway drawn
     try:
         model(example)
     finally:
         trace.remove()
+        model.train(was_training)
     calls = trace.calls
     positions = [index for index, call in enumerate(calls) if call[0] == layer]
     if not positions:

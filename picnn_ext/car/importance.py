@@ -250,7 +250,8 @@ class _LayerHook:
         try:
             for start in range(0, num_filters, chunk):
                 stop = min(num_filters, start + chunk)
-                self.masks = _removal_masks(num_filters, start, stop, torch.float32, images.device).repeat_interleave(batch, dim=0)
+                masks = _removal_masks(num_filters, start, stop, torch.float32, images.device)
+                self.masks = masks.repeat_interleave(batch, dim=0)
                 repeated = images.repeat(stop - start, *([1] * (images.dim() - 1)))
                 candidates = model_logits(self.model(repeated)).view(stop - start, batch, -1)
                 yield start, candidates.argmax(dim=2).t()
@@ -307,7 +308,7 @@ def filter_importance(model: nn.Module, data: Iterable, layer: Optional[str] = N
             images, labels = _unpack(batch, index)
             if labels.numel() == 0:
                 continue
-            images, labels = images.to(device), labels.to(device)
+            images, labels = images.to(device), labels.to(device=device, dtype=torch.long)
             if scorer is None:
                 scorer = _scorer(model, layer, images, max_batch)
             logits, num_filters, candidates = scorer(images)

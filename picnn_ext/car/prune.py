@@ -78,7 +78,7 @@ def accuracy(model: nn.Module, data: Iterable) -> float:
             if labels.numel() == 0:
                 continue
             logits = model_logits(model(images.to(device)))
-            correct += int((logits.argmax(dim=1) == labels.to(device)).sum())
+            correct += int((logits.argmax(dim=1) == labels.to(device=device, dtype=torch.long)).sum())
             total += labels.numel()
     finally:
         model.train(was_training)
