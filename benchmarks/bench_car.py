@@ -4,13 +4,18 @@ pass over the data per removed filter, plus one for the network itself), DESIGN.
 The reference size is K=64 filters, N=2,000 images, C=10 classes, on the network of the digits demo (1x8x8
 images, SmallConvNet width 16, 2 stages, interpreted 3x3 conv to K filters, GAP + Linear), batches of 256.
 
-    pytest benchmarks/bench_car.py                   # pytest-benchmark table (group car-interpreted)
+    pytest benchmarks/bench_car.py                   # pytest-benchmark tables (car-interpreted, car-inner)
     python benchmarks/bench_car.py                   # prints both times and the speed-up
     python benchmarks/bench_car.py --threads 1 --n 2000 --k 64
 
 The brute force is the authors' definition run as written: for each filter, a forward hook zeroes its
 channel of the interpreted layer's output and the whole network runs over the data. Both give the same
 CAR (checked in this file, float32, to the exact counts).
+
+Group car-inner: the same for the backbone's last conv (`backbone.4.0`, 32 filters, followed by BatchNorm and
+ReLU), where picnn_ext evaluates 4 candidates per forward pass (max_batch 1024 / batch 256) through a hook and
+the gate op, the network before the layer running once per batch; brute force zeroes the channel after the
+ReLU, 33 passes.
 """
 import argparse
 import os
@@ -40,10 +45,15 @@ def make_case(n=N, k=K, c=C, seed=0):
     return model, data
 
 
+INNER_LAYER, INNER_GATE = "backbone.4.0", "backbone.4.2"  # the backbone's last conv (32 filters), its ReLU
+
+
 @torch.no_grad()
-def brute_force_car(model, data):
-    """(accuracy, (K,) CAR): K + 1 passes over the data, the i-th with filter i's channel of A zeroed."""
-    num_filters = model.num_filters
+def brute_force_car(model, data, gate=None, num_filters=None):
+    """(accuracy, (K,) CAR): K + 1 passes over the data, the i-th with filter i's channel zeroed at the output
+    of `gate` (default: the interpreted layer, A)."""
+    gate = model.interpreted if gate is None else dict(model.named_modules())[gate]
+    num_filters = model.num_filters if num_filters is None else num_filters
 
     def accuracy(channel=None):
         hook = None
@@ -52,7 +62,7 @@ def brute_force_car(model, data):
                 output = output.clone()
                 output[:, channel] = 0
                 return output
-            hook = model.interpreted.register_forward_hook(zero)
+            hook = gate.register_forward_hook(zero)
         correct = total = 0
         try:
             for images, labels in data:
@@ -96,6 +106,27 @@ def test_car_brute_force(benchmark, case):
     model, data = case
     benchmark.extra_info["impl"] = "brute_force"
     benchmark.pedantic(brute_force_car, args=(model, data), rounds=3, iterations=1)
+
+
+def test_inner_car_agrees(case):
+    model, data = case
+    result = filter_importance(model, data, INNER_LAYER)
+    ref_accuracy, ref_car = brute_force_car(model, data, INNER_GATE, 32)
+    assert result.accuracy == ref_accuracy and torch.equal(result.car, ref_car) and result.car.abs().sum() > 0
+
+
+@pytest.mark.benchmark(group="car-inner")
+def test_inner_car_picnn_ext(benchmark, case):
+    model, data = case
+    benchmark.extra_info["impl"] = "picnn_ext"
+    benchmark.pedantic(filter_importance, args=(model, data, INNER_LAYER), rounds=3, iterations=1)
+
+
+@pytest.mark.benchmark(group="car-inner")
+def test_inner_car_brute_force(benchmark, case):
+    model, data = case
+    benchmark.extra_info["impl"] = "brute_force"
+    benchmark.pedantic(brute_force_car, args=(model, data, INNER_GATE, 32), rounds=3, iterations=1)
 
 
 def compare(n=N, k=K, c=C, repeats=5):

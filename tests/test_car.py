@@ -151,6 +151,30 @@ def test_inner_layer_equals_brute_force_removal(layer, reader):
         result = filter_importance(model, data, layer, max_batch=max_batch)
         assert result.layer == layer and result.num_filters == channels
         check_against_reference(result, reference)
+    # A first batch of one image (the check of how to batch the candidates waits for a larger one).
+    images, labels = torch.cat([b[0] for b in data]), torch.cat([b[1] for b in data])
+    rebatched = [(images[:1], labels[:1]), (images[1:40], labels[1:40]), (images[40:], labels[40:])]
+    check_against_reference(filter_importance(model, rebatched, layer), reference)
+
+
+def test_inner_layer_under_a_residual_connection_equals_brute_force():
+    # After the named conv, the sum reads y, computed before it: the candidates cannot share one pass of
+    # the network before the layer, and the whole batch is repeated instead.
+    class Residual(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem, self.relu = nn.Conv2d(1, 4, 3, padding=1), nn.ReLU()
+            self.conv, self.bn, self.fc = nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Linear(4, C)
+
+        def forward(self, x):
+            y = self.relu(self.stem(x))
+            return self.fc(self.relu(self.bn(self.conv(y)) + y).mean((2, 3)))
+
+    torch.manual_seed(0)
+    model = trained(Residual())
+    data = make_data()
+    reference = reference_accuracies(model, data, model.bn, 4)
+    check_against_reference(filter_importance(model, data, "conv"), reference)
 
 
 def test_naming_the_interpreted_conv_gives_the_closed_form_result():

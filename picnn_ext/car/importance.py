@@ -9,9 +9,10 @@ in one pass over the data:
   of a batch are one broadcast, (B, K, C), with no further forward pass;
 - the interpreted layer in front of any other head: ``A`` is computed once per batch and the head runs on
   copies of ``A`` gated by candidate masks (``bernoulli_gate(hard=False)``, one mask row per copy);
-- any other layer, named by ``layer``: the batch is repeated over a chunk of candidate masks and a forward
-  hook gates the layer's channels with the same op, where removing the filter puts its zero (see
-  :mod:`._layers`).
+- any other layer, named by ``layer``: a forward hook repeats the layer's output over a chunk of candidate
+  masks and gates its channels with the same op, where removing the filter puts its zero (see
+  :mod:`._layers`); the network before the layer runs once per batch (the whole batch is repeated instead
+  where the rest of the network reads something computed before the layer, see :class:`_LayerHook`).
 """
 from __future__ import annotations
 
@@ -222,12 +223,22 @@ class _GatedFeatures:
 
 
 class _LayerHook:
-    """A named layer: the batch repeated over a chunk of candidates, the channels gated by a forward hook."""
+    """A named layer: a forward hook gates its channels with a chunk of candidate masks per forward pass.
+
+    The network before the layer computes the same for every candidate, so by default it runs once per
+    batch and the hook repeats the layer's output over the chunk's candidates before gating ("expand").
+    That is right only if nothing after the layer reads a tensor computed before it (a residual
+    connection). So on the first batch of two or more images, the first chunk is also computed with the
+    images themselves repeated ("repeat", right for any network); if the two disagree, or expanding
+    fails, every chunk is computed that way.
+    """
 
     def __init__(self, model, group: ChannelGroup, max_batch: int):
         self.model, self.group, self.max_batch = model, group, max_batch
         self.gate_module = named_module(model, group.gate_name)
         self.masks: Optional[torch.Tensor] = None
+        self.copies = 1
+        self.expand: Optional[bool] = None  # decided on the first batch of two or more images
 
     def _gate(self, module, inputs, output):
         if self.masks is None:
@@ -235,6 +246,8 @@ class _LayerHook:
         if output.shape[self.group.channel_dim] != self.masks.shape[1]:
             raise ValueError(f"layer {self.group.name!r}: {self.group.gate_name!r} outputs "
                              f"{output.shape[self.group.channel_dim]} channels, expected {self.masks.shape[1]}")
+        if self.copies > 1:
+            output = output.repeat(self.copies, *([1] * (output.dim() - 1)))
         gated, _ = ops.bernoulli_gate(output, self.masks.to(output.dtype), hard=False,
                                       channel_dim=self.group.channel_dim)
         return gated
@@ -242,6 +255,28 @@ class _LayerHook:
     def __call__(self, images):
         logits = model_logits(self.model(images))
         return logits, self.group.num_filters, self._candidates(images)
+
+    def _chunk_logits(self, images, masks, expand: bool) -> torch.Tensor:
+        copies = masks.shape[0]
+        self.masks = masks.repeat_interleave(images.shape[0], dim=0)
+        self.copies = copies if expand else 1
+        inputs = images if expand else images.repeat(copies, *([1] * (images.dim() - 1)))
+        try:
+            return model_logits(self.model(inputs))
+        finally:
+            self.masks, self.copies = None, 1
+
+    def _decide(self, images, masks) -> torch.Tensor:
+        reference = self._chunk_logits(images, masks, expand=False)
+        try:
+            expanded = self._chunk_logits(images, masks, expand=True)
+        except RuntimeError:
+            self.expand = False
+            return reference
+        tolerance = 1e3 * torch.finfo(reference.dtype).eps * max(1.0, float(reference.abs().max()))
+        self.expand = expanded.shape == reference.shape and bool(torch.allclose(expanded, reference, rtol=0,
+                                                                                 atol=tolerance))
+        return reference
 
     def _candidates(self, images):
         batch, num_filters = images.shape[0], self.group.num_filters
@@ -251,12 +286,12 @@ class _LayerHook:
             for start in range(0, num_filters, chunk):
                 stop = min(num_filters, start + chunk)
                 masks = _removal_masks(num_filters, start, stop, torch.float32, images.device)
-                self.masks = masks.repeat_interleave(batch, dim=0)
-                repeated = images.repeat(stop - start, *([1] * (images.dim() - 1)))
-                candidates = model_logits(self.model(repeated)).view(stop - start, batch, -1)
-                yield start, candidates.argmax(dim=2).t()
+                if self.expand is None and batch >= 2:
+                    logits = self._decide(images, masks)
+                else:
+                    logits = self._chunk_logits(images, masks, expand=bool(self.expand))
+                yield start, logits.view(stop - start, batch, -1).argmax(dim=2).t()
         finally:
-            self.masks = None
             handle.remove()
 
 
