@@ -127,3 +127,26 @@ def check_sample_class_backward_args(grad_onehot, logits) -> None:
 def opmath_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype the kernels accumulate in: float64 for float64 inputs, else float32."""
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def check_features(features: torch.Tensor, num_filters: int, channel_dim: int, op: str) -> None:
+    """A head's input: a float tensor with K = num_filters filters on channel_dim."""
+    check_float_tensor(features, op, "features")
+    if features.dim() < 2 or features.shape[channel_dim] != num_filters:
+        raise ValueError(f"{op}: features must have the head's {num_filters} filters on dim {channel_dim}, "
+                         f"got shape {list(features.shape)}")
+
+
+def check_labels(targets: torch.Tensor, batch: int, num_classes: int, op: str, name: str = "targets") -> None:
+    """(B,) integer class labels in [0, num_classes). The values are read on the CPU only, where a read costs
+    no synchronisation; on a GPU an out-of-range label ends in the indexing kernel's device assertion."""
+    check_tensor(targets, op, name)
+    if targets.dim() != 1 or targets.shape[0] != batch:
+        raise ValueError(f"{op}: {name} must have shape (B,) = ({batch},), got {list(targets.shape)}")
+    if targets.dtype.is_floating_point or targets.dtype.is_complex or targets.dtype == torch.bool:
+        raise TypeError(f"{op}: {name} must be integer class labels, got {targets.dtype}")
+    # Under torch.compile the read would break the graph; the compiled indexing still refuses bad labels.
+    if targets.device.type == "cpu" and targets.numel() and not torch.compiler.is_compiling():
+        low, high = int(targets.min()), int(targets.max())
+        if low < 0 or high >= num_classes:
+            raise ValueError(f"{op}: {name} must be class labels in [0, {num_classes}), got values in [{low}, {high}]")

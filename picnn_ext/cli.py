@@ -1,4 +1,4 @@
-"""The ``picnn-ext`` command: ``train``, ``report``, ``compare``, ``car`` and ``digits-demo``.
+"""The ``picnn-ext`` command: ``train``, ``report``, ``compare``, ``car``, ``digits-demo`` and ``compare-methods``.
 
     picnn-ext train --method picnn --dataset digits --epochs 30
     picnn-ext train --resume runs/picnn-digits-seed0
@@ -7,6 +7,7 @@
     picnn-ext compare runs/std-digits-seed0 runs/picnn-digits-seed0
     picnn-ext car runs/picnn-digits-seed0 --keep 16
     picnn-ext digits-demo
+    picnn-ext compare-methods --datasets digits shapes --methods std picnn csg --seeds 3
 """
 
 from __future__ import annotations
@@ -19,23 +20,19 @@ import time
 from typing import Optional, Sequence
 
 from .data import DATASET_SPEC_HELP, load_dataset
-from .report import compare_table, seed_table, write_report
+from .report import compare_table, write_report
+from .report.comparison import BUDGETS, run_comparison
 from .train import NonFiniteLossError, TrainConfig, load_config, load_summary, train
 from .train.checkpoint import atomic_write_text
+from .train.methods import METHOD_HELP, METHOD_NAMES
 
 # Errors that bad input causes (a wrong option, a missing or foreign file, a diverging run): the command
 # prints their message alone. Any other exception is a bug and keeps its traceback.
 USER_ERRORS = (ValueError, OSError, ImportError, NonFiniteLossError)
 
-# The digits demo's budget: 6 runs of about 10 s each on an idle 2-core CPU. theta moves by about lr per
-# Adam step, and it must move by several units for P to leave its near-uniform start and make the filters
-# class-specific: batches of 16 give 68 steps per epoch, 2,720 in 40 epochs, where batches of 64 would give
-# a quarter of that and an interpretation pathway (ACC2) still close to chance.
-DEMO_EPOCHS = 40
+# The digits demo: STD and PICNN on digits with the comparison's digits budget (report/comparison.py).
+DEMO_EPOCHS = BUDGETS["digits"].epochs
 DEMO_SEEDS = 3
-DEMO_BATCH_SIZE = 16
-DEMO_WIDTH = 16
-DEMO_NUM_FILTERS = 32
 
 
 def _add_train_options(parser: argparse.ArgumentParser) -> None:
@@ -49,8 +46,7 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
             help_text = f"{help_text} (default: {default})"
         parser.add_argument(flag, dest=field, default=argparse.SUPPRESS, help=help_text, **kwargs)
 
-    option("--method", "method", "std (CE on the discrimination pathway) or picnn (plus the PICNN loss)",
-           choices=["std", "picnn"])
+    option("--method", "method", f"training method: {METHOD_HELP}", choices=list(METHOD_NAMES))
     option("--dataset", "dataset", f"data set: {DATASET_SPEC_HELP}", metavar="SPEC")
     option("--epochs", "epochs", "training epochs", type=int)
     option("--batch-size", "batch_size", "batch size per process", type=int)
@@ -62,6 +58,13 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
     option("--stages", "stages", "stages of the backbone (default: from the image size)", type=int)
     option("--num-filters", "num_filters", "K, filters of the interpreted layer", type=int)
     option("--lam", "lam", "lambda, weight of the interpretation loss (picnn)", type=float)
+    option("--csg-warmup", "csg_warmup", "csg: STD epochs before the first CSG epoch", type=int, metavar="N")
+    option("--csg-period", "csg_period", "csg: after the warm-up, every N-th epoch is a CSG epoch", type=int,
+           metavar="N")
+    option("--csg-init", "csg_init", "csg: initial value of every gate of G", type=float)
+    option("--csg-density", "csg_density", "csg: L1 budget of G as a share of C*K", type=float)
+    option("--csg-lam-reg", "csg_lam_reg", "csg: weight of the L1 hinge on G", type=float)
+    option("--gate-lr", "gate_lr", "csg: learning rate of G (default: --lr)", type=float)
     option("--out-dir", "out_dir", "folder of the run folders", metavar="DIR")
     option("--run-name", "run_name", "the run's folder name (default: METHOD-DATASET-seedSEED)")
     option("--device", "device", "auto, cpu, cuda or cuda:N")
@@ -121,6 +124,21 @@ def build_parser() -> argparse.ArgumentParser:
                              help="folder of the demo's runs and results.md (default: runs/digits-demo-TIME)")
     demo_parser.add_argument("--device", default="cpu", help="(default: cpu)")
     demo_parser.add_argument("--quiet", action="store_true", help="print only the final table")
+
+    methods_parser = commands.add_parser(
+        "compare-methods", help="every method on the built-in data sets, several seeds, one table",
+        description="Train each method on each data set with the same backbone, budget and seeds (the budgets "
+                    "of picnn_ext.report.comparison.BUDGETS) and write a table of the mean ± std over seeds.",
+    )
+    methods_parser.add_argument("--datasets", nargs="+", default=list(BUDGETS), choices=list(BUDGETS),
+                                help=f"(default: {' '.join(BUDGETS)})")
+    methods_parser.add_argument("--methods", nargs="+", default=list(METHOD_NAMES), choices=list(METHOD_NAMES),
+                                help=f"(default: {' '.join(METHOD_NAMES)})")
+    methods_parser.add_argument("--seeds", type=int, default=DEMO_SEEDS, help=f"(default: {DEMO_SEEDS})")
+    methods_parser.add_argument("--epochs", type=int, help="override every data set's epochs (a quick look)")
+    methods_parser.add_argument("--out-dir", metavar="DIR", help="(default: runs/compare-methods-TIME)")
+    methods_parser.add_argument("--device", default="cpu", help="(default: cpu)")
+    methods_parser.add_argument("--quiet", action="store_true", help="print only the final tables")
     return parser
 
 
@@ -170,31 +188,18 @@ def _digits_demo_command(args: argparse.Namespace) -> int:
     if args.seeds < 1 or args.epochs < 1:
         raise ValueError(f"--seeds and --epochs must be at least 1, got --seeds {args.seeds} --epochs {args.epochs}")
     out_dir = args.out_dir or os.path.join("runs", time.strftime("digits-demo-%Y%m%d-%H%M%S"))
-    splits = load_dataset("digits")  # Once, for all the runs.
-    summaries = []
-    start = time.perf_counter()
-    for seed in range(args.seeds):
-        for method in ("std", "picnn"):
-            config = TrainConfig(
-                method=method, dataset="digits", epochs=args.epochs, batch_size=DEMO_BATCH_SIZE,
-                width=DEMO_WIDTH, num_filters=DEMO_NUM_FILTERS, seed=seed, out_dir=out_dir,
-                device=args.device, quiet=True,
-            )
-            summary = load_summary(train(config, splits=splits))
-            summaries.append(summary)
-            if not args.quiet:
-                test = summary["test"]
-                print(f"{method:>5} seed {seed}: acc1 {test['acc1']:.4f} acc2 {test['acc2']:.4f} "
-                      f"acc3 {test['acc3']:.4f} mis {test['mis']:.4f} ({summary['train_time_s']:.1f} s)",
-                      file=sys.stderr, flush=True)
-    wall_time = time.perf_counter() - start
-    table = seed_table(summaries)
-    header = (f"STD vs PICNN on digits: {args.seeds} seed(s), {args.epochs} epochs, batch {DEMO_BATCH_SIZE}, "
-              f"backbone width {DEMO_WIDTH}, K = {DEMO_NUM_FILTERS}; test split, mean ± std over seeds; "
-              f"{wall_time:.0f} s in all")
-    atomic_write_text(f"# digits demo\n\n{header}\n\n{table}\n", os.path.join(out_dir, "results.md"))
-    print(header)
-    print(table)
+    text = run_comparison(out_dir, datasets=["digits"], methods=["std", "picnn"], seeds=args.seeds,
+                          epochs=args.epochs, device=args.device, quiet=args.quiet, title="digits demo: STD vs PICNN")
+    print(text)
+    print(f"runs and results.md in {out_dir}")
+    return 0
+
+
+def _compare_methods_command(args: argparse.Namespace) -> int:
+    out_dir = args.out_dir or os.path.join("runs", time.strftime("compare-methods-%Y%m%d-%H%M%S"))
+    text = run_comparison(out_dir, datasets=args.datasets, methods=args.methods, seeds=args.seeds,
+                          epochs=args.epochs, device=args.device, quiet=args.quiet)
+    print(text)
     print(f"runs and results.md in {out_dir}")
     return 0
 
@@ -205,6 +210,7 @@ COMMANDS = {
     "compare": _compare_command,
     "car": _car_command,
     "digits-demo": _digits_demo_command,
+    "compare-methods": _compare_methods_command,
 }
 
 

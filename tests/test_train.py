@@ -164,9 +164,9 @@ def test_nan_in_a_later_epoch_keeps_the_previous_checkpoint(tmp_path, tiny_split
     original_step = Trainer._step
     calls = {"steps": 0}
 
-    def step_with_nan_from_epoch_2(self, images, targets):
+    def step_with_nan_from_epoch_2(self, images, targets, epoch):
         calls["steps"] += 1
-        loss = original_step(self, images, targets)
+        loss = original_step(self, images, targets, epoch)
         # 8 steps per epoch: from the 3rd step of epoch 2 on, report a NaN loss.
         return loss * float("nan") if calls["steps"] > 10 else loss
 
@@ -180,7 +180,9 @@ def test_nan_in_a_later_epoch_keeps_the_previous_checkpoint(tmp_path, tiny_split
     assert not os.path.exists(os.path.join(run_dir, "summary.json"))
 
 
-def test_no_host_read_per_step(tmp_path, tiny_splits, monkeypatch):
+@pytest.mark.parametrize("method_options", [dict(method="picnn"), dict(method="csg", csg_warmup=0, csg_period=1)],
+                         ids=["picnn", "csg"])
+def test_no_host_read_per_step(tmp_path, tiny_splits, monkeypatch, method_options):
     """Reads of tensor values (item, float, bool, tolist...) made by the trainer or the PICNN modules must
     not grow with the number of steps: a training step never waits on the device. (The ops' argument checks
     are left out: they read only on the CPU, where a read costs no synchronisation.)"""
@@ -201,7 +203,8 @@ def test_no_host_read_per_step(tmp_path, tiny_splits, monkeypatch):
     reads = []
     for batch_size in (64, 16):  # 4 and 16 steps per epoch.
         counts["reads"] = 0
-        train(tiny_config(tmp_path, batch_size=batch_size, run_name=f"b{batch_size}"), splits=tiny_splits)
+        train(tiny_config(tmp_path, batch_size=batch_size, run_name=f"b{batch_size}", **method_options),
+              splits=tiny_splits)
         reads.append(counts["reads"])
     assert reads[0] == reads[1]
 

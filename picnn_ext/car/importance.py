@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from .. import ops
+from .._checks import position_dims
 from ._layers import ChannelGroup, model_logits, named_module, trace_group
 
 __all__ = ["FilterImportance", "filter_importance", "model_device"]
@@ -158,10 +159,15 @@ def _removal_masks(num_filters: int, start: int, stop: int, dtype, device) -> to
 
 
 def _has_pooled_linear_head(model: nn.Module) -> bool:
-    """The package's default head: `pools` (global average pooling) and a Linear classifier."""
+    """The package's default head (PICNNHead, CSGHead): `pools` (global average pooling over the positions of
+    the filters on `channel_dim`) and a Linear classifier."""
     head = getattr(model, "head", None)
-    return (getattr(head, "pools", False) is True and isinstance(getattr(head, "classifier", None), nn.Linear)
-            and callable(getattr(head, "pool", None)))
+    return getattr(head, "pools", False) is True and isinstance(getattr(head, "classifier", None), nn.Linear)
+
+
+def _global_pool(A: torch.Tensor, channel_dim: int) -> torch.Tensor:
+    """(B, K): the mean of A over every position, as the default heads pool."""
+    return A if A.dim() == 2 else A.mean(position_dims(A, channel_dim))
 
 
 def check_interpreted_model(model: nn.Module, argument: str = "layer") -> None:
@@ -180,7 +186,7 @@ class _ClosedForm:
         self.classifier = model.head.classifier
 
     def __call__(self, images) -> Tuple[torch.Tensor, Iterator]:
-        a = self.head.pool(self.model.features(images))  # (B, K)
+        a = _global_pool(self.model.features(images), getattr(self.head, "channel_dim", 1))  # (B, K)
         weight = self.classifier.weight  # (C, K)
         if a.dim() != 2 or a.shape[1] != weight.shape[1]:
             raise ValueError(f"layer: the interpreted layer gives {a.shape[1] if a.dim() == 2 else list(a.shape)} "

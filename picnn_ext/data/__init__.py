@@ -4,11 +4,11 @@ Specs: ``"digits"``, ``"shapes"``, ``"folder:PATH"``, ``"cifar10:PATH"`` (see :m
 modules are imported on first use, so importing this package needs neither scikit-learn nor Pillow.
 """
 
+from .splits import DatasetSplits
 from .registry import (
     BUILTIN_DATASETS,
     DATASET_SPEC_HELP,
     PATH_DATASETS,
-    DatasetSplits,
     load_dataset,
     parse_dataset_spec,
 )

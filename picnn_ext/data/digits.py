@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from .registry import DatasetSplits
+from .splits import DatasetSplits
 
 # The split is fixed (not drawn from the run seed) so that runs with different seeds see the same data.
 SPLIT_RANDOM_STATE = 0

@@ -8,11 +8,9 @@ from disk (``"folder:/data/pets"``, ``"cifar10:/data/cifar-10-batches-py"``). Ev
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from typing import Any, List, Optional, Tuple
+from typing import Any, Optional, Tuple
 
-import torch
-from torch.utils.data import Dataset
+from .splits import DatasetSplits
 
 # Names that take no path, and names that need one after a colon.
 BUILTIN_DATASETS = ("digits", "shapes")
@@ -22,26 +20,6 @@ DATASET_SPEC_HELP = (
     "'folder:PATH' (one subfolder of images per class) or "
     "'cifar10:PATH' (the extracted CIFAR-10 python batches, cifar-10-batches-py)"
 )
-
-
-@dataclass
-class DatasetSplits:
-    """A data set cut into train, validation and test sets, and what a model needs to know about it.
-
-    Each split yields ``(image, label)``: ``image`` a float32 tensor ``(C, H, W)``, already normalised,
-    ``label`` an int64 scalar tensor in ``[0, num_classes)``.
-    """
-
-    train: Dataset
-    val: Dataset
-    test: Dataset
-    num_classes: int
-    in_channels: int
-    image_size: Tuple[int, int]
-    class_names: List[str]
-    name: str
-    # Ground-truth object of each test image, bool (N_test, H, W); None where the data set has none.
-    test_object_masks: Optional[torch.Tensor] = None
 
 
 def parse_dataset_spec(spec: str) -> Tuple[str, Optional[str]]:

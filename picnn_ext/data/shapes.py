@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from .registry import DatasetSplits
+from .splits import DatasetSplits
 
 # The images are generated from this seed, not the run seed, so every run sees the same data.
 SHAPES_SEED = 20240501

@@ -1,6 +1,8 @@
-"""Turn an image classifier into a PICNN: keep its feature extractor, add the interpreted layer and the head.
+"""Turn an image classifier into a PICNN (or CSG) network: keep its feature extractor, add the interpreted
+layer and the method's head.
 
     picnn = convert(model, num_classes, num_filters=64)
+    csg = convert(model, num_classes, num_filters=64, method="csg")
 
 What is kept, by the structure of the model (torchvision's, timm's, or any model built the same way):
 - ResNet (conv1, bn1, relu, maxpool, layer1..layer4, fc): everything up to layer4.
@@ -21,7 +23,7 @@ import copy
 import torch
 from torch import nn
 
-from ..nn import PICNN
+from ..nn import CSG, PICNN, InterpretedNet
 
 __all__ = ["convert"]
 
@@ -125,20 +127,30 @@ def _backbone_of(model: nn.Module, in_channels: int | None, tokens: bool | None)
         f"picnn_ext.nn.PICNN(backbone, in_channels, num_classes).")
 
 
-def convert(model: nn.Module, num_classes: int, num_filters: int = 64, *, in_channels: int | None = None,
-            tokens: bool | None = None, lam: float = 2.0) -> PICNN:
-    """A PICNN on the feature extractor of `model` (see the module's docstring for what is recognised).
+# The networks convert() builds, by method: each takes (backbone, in_channels, num_classes, num_filters,
+# tokens=..., **its head's options).
+NETWORKS = {"picnn": PICNN, "csg": CSG}
+
+
+def convert(model: nn.Module, num_classes: int, num_filters: int = 64, *, method: str = "picnn",
+            in_channels: int | None = None, tokens: bool | None = None, **head_options) -> InterpretedNet:
+    """A PICNN (or CSG) network on the feature extractor of `model` (see the module's docstring for what is
+    recognised).
 
     Args:
         model: the classifier to convert; it is not modified.
         num_classes: C of the new head.
         num_filters: K, the filters of the added interpreted layer.
+        method: "picnn" (a :class:`~picnn_ext.nn.PICNN`) or "csg" (a :class:`~picnn_ext.nn.CSG`).
         in_channels: the feature extractor's output channels, when they cannot be read from the model.
         tokens: whether the features have their channels on the last dim; None decides by the model.
-        lam: the weight of the interpretation loss.
+        head_options: the network's own options: ``lam`` (PICNN); ``init``, ``density``, ``lam_reg`` (CSG);
+            ``classifier`` (both).
     """
+    if method not in NETWORKS:
+        raise ValueError(f"convert: method must be one of {', '.join(map(repr, NETWORKS))}, got {method!r}")
     backbone, width, channels_last = _backbone_of(copy.deepcopy(model), in_channels, tokens)
     if not width:
         raise TypeError(f"convert: cannot tell how many channels the feature extractor of {type(model).__name__} "
                         f"outputs; pass in_channels=")
-    return PICNN(backbone, int(width), num_classes, num_filters, lam=lam, tokens=channels_last)
+    return NETWORKS[method](backbone, int(width), num_classes, num_filters, tokens=channels_last, **head_options)

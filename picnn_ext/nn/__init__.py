@@ -1,5 +1,10 @@
-"""Modules of picnn_ext: the PICNN head and the PICNN wrapper."""
+"""Modules of picnn_ext: the heads of the filter-level methods and the networks that carry them."""
+from .csg import CSG
+from .csg_head import CSGHead, CSGOutput, csg_loss, project_gates
+from .interpreted import InterpretedNet, interpreted_layer
 from .picnn import PICNN
 from .picnn_head import PICNNHead, PICNNNoise, PICNNOutput, picnn_loss, select_rows_st
+from .pooling import global_pool
 
-__all__ = ["PICNN", "PICNNHead", "PICNNNoise", "PICNNOutput", "picnn_loss", "select_rows_st"]
+__all__ = ["CSG", "CSGHead", "CSGOutput", "InterpretedNet", "PICNN", "PICNNHead", "PICNNNoise", "PICNNOutput",
+           "csg_loss", "global_pool", "interpreted_layer", "picnn_loss", "project_gates", "select_rows_st"]

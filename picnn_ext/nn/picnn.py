@@ -1,22 +1,16 @@
-"""PICNN: a backbone, the interpreted layer and the PICNN head, as one module.
-
-    backbone -> interpreted layer (Conv2d(in_channels, K, 3, padding=1) + ReLU: the map A) -> PICNNHead
-
-This is the authors' reference setting (an extra 3x3 conv after a ResNet's last block). For a ViT the
-backbone yields tokens (B, N, D) and the interpreted layer is a per-token Linear(D, K) + ReLU, so that the
-filters lie on the last dim (channel_dim=-1).
-"""
+"""PICNN: a backbone, the interpreted layer and the PICNN head, as one module (see :mod:`.interpreted`)."""
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from .interpreted import InterpretedNet
 from .picnn_head import PICNNHead, PICNNNoise, PICNNOutput
 
 __all__ = ["PICNN"]
 
 
-class PICNN(nn.Module):
+class PICNN(InterpretedNet):
     """A network with class-specific filters in its interpreted layer (DESIGN.md section 3).
 
     Args:
@@ -31,24 +25,8 @@ class PICNN(nn.Module):
 
     def __init__(self, backbone: nn.Module, in_channels: int, num_classes: int, num_filters: int = 64, *,
                  classifier: nn.Module | None = None, lam: float = 2.0, tokens: bool = False):
-        super().__init__()
-        self.backbone = backbone
-        self.in_channels = in_channels
-        self.num_classes = num_classes
-        self.num_filters = num_filters
-        self.tokens = tokens
-        if tokens:
-            layer = nn.Linear(in_channels, num_filters)
-        else:
-            layer = nn.Conv2d(in_channels, num_filters, kernel_size=3, padding=1)
-        # ReLU: the filters' responses are non-negative activations, as in the authors' network.
-        self.interpreted = nn.Sequential(layer, nn.ReLU())
-        self.head = PICNNHead(num_filters, num_classes, classifier=classifier, lam=lam,
-                              channel_dim=-1 if tokens else 1)
-
-    def features(self, images: torch.Tensor) -> torch.Tensor:
-        """A, the interpreted layer's output: (B, K, H, W), or (B, N, K) for tokens."""
-        return self.interpreted(self.backbone(images))
+        head = PICNNHead(num_filters, num_classes, classifier=classifier, lam=lam, channel_dim=-1 if tokens else 1)
+        super().__init__(backbone, in_channels, num_classes, num_filters, head, tokens=tokens)
 
     def forward(self, images: torch.Tensor, targets: torch.Tensor | None = None, pathways: bool | None = None, *,
                 generator: torch.Generator | None = None, noise: PICNNNoise | tuple | None = None) -> PICNNOutput:

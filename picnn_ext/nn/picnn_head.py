@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
-from .._checks import position_dims
+from .._checks import check_features, check_labels
+from .pooling import gated_input_of, global_pool
 
 __all__ = ["PICNNHead", "PICNNOutput", "PICNNNoise", "picnn_loss", "select_rows_st"]
 
@@ -161,19 +162,15 @@ class PICNNHead(nn.Module):
 
     def pool(self, features: torch.Tensor) -> torch.Tensor:
         """Mean over every position (all dims but the batch and the filters): (B, K)."""
-        if features.dim() == 2:
-            return features
-        return features.mean(position_dims(features, self.channel_dim))
+        return global_pool(features, self.channel_dim)
 
     def forward(self, features: torch.Tensor, targets: torch.Tensor | None = None, *, pathways: bool | None = None,
                 generator: torch.Generator | None = None, noise: PICNNNoise | tuple | None = None) -> PICNNOutput:
         class_noise, filter_noise, complement_noise = PICNNNoise(*noise) if noise is not None else PICNNNoise()
-        if features.dim() == 2 or self.pools:
-            # The classifier's input and the tensor the masks gate: the pooled (B, K) features for the
-            # default classifier, else the whole map with the filters on channel_dim.
-            gated_input, gate_dim = self.pool(features), 1
-        else:
-            gated_input, gate_dim = features, self.channel_dim
+        check_features(features, self.num_filters, self.channel_dim, "PICNNHead")
+        if targets is not None:
+            check_labels(targets, features.shape[0], self.num_classes, "PICNNHead")
+        gated_input, gate_dim = gated_input_of(features, self.pools, self.channel_dim)
         logits = self.classifier(gated_input)
         if pathways is None:
             pathways = self.training

@@ -48,7 +48,7 @@ def _cluster_boundaries(axes, clusters_in_order: np.ndarray) -> None:
 
 
 def _matrix_figure(matrix: np.ndarray, order: np.ndarray, clusters: np.ndarray, class_names: Sequence[str],
-                   title: str, colorbar_label: str, path: str) -> None:
+                   title: str, colorbar_label: str, path: str, symbol: str = "P") -> None:
     num_classes, num_filters = matrix.shape
     figure = Figure(figsize=(max(6.0, 0.12 * num_filters + 2.0), max(3.0, 0.3 * num_classes + 1.5)))
     axes = figure.add_subplot()
@@ -56,24 +56,27 @@ def _matrix_figure(matrix: np.ndarray, order: np.ndarray, clusters: np.ndarray, 
     _cluster_boundaries(axes, clusters[order])
     axes.set_yticks(range(num_classes))
     axes.set_yticklabels(class_names if num_classes <= 40 else [""] * num_classes)
-    axes.set_xlabel("filter (grouped by class cluster = argmax over classes of P)")
+    axes.set_xlabel(f"filter (grouped by class cluster = argmax over classes of {symbol})")
     axes.set_ylabel("class")
     axes.set_title(title)
     figure.colorbar(image, ax=axes, label=colorbar_label)
     _save(figure, path)
 
 
-def plot_p_matrix(P: np.ndarray, class_names: Sequence[str], path: str) -> None:
-    """P = softmax(theta) (C, K), the filters grouped by cluster."""
-    _matrix_figure(P, filter_order(P), filter_clusters(P), class_names,
-                   "filter-class correspondence P", "P[class, filter]", path)
+def plot_p_matrix(P: np.ndarray, class_names: Sequence[str], path: str, symbol: str = "P",
+                  title: str = "filter-class correspondence P") -> None:
+    """A method's filter-class matrix (C, K): PICNN's P = softmax(theta), CSG's gates G; the filters grouped
+    by cluster."""
+    _matrix_figure(P, filter_order(P), filter_clusters(P), class_names, title, f"{symbol}[class, filter]", path,
+                   symbol)
 
 
-def plot_mi_matrix(mi: np.ndarray, P: np.ndarray, class_names: Sequence[str], path: str) -> None:
+def plot_mi_matrix(mi: np.ndarray, P: np.ndarray, class_names: Sequence[str], path: str,
+                   symbol: str = "P") -> None:
     """The test-set MI matrix (C, K), its filters in the order of :func:`plot_p_matrix` so that the two
     figures line up column by column."""
     _matrix_figure(mi, filter_order(P), filter_clusters(P), class_names,
-                   "mutual information between filter and class (test set)", "MI (nats)", path)
+                   "mutual information between filter and class (test set)", "MI (nats)", path, symbol)
 
 
 def _display_image(image: np.ndarray) -> np.ndarray:
@@ -113,7 +116,7 @@ def plot_activation_maps(images: np.ndarray, maps: np.ndarray, labels: Sequence[
 
 def plot_training_curves(records: List[Dict[str, float]], path: str,
                          best_epoch: Optional[int] = None) -> None:
-    """Training loss and the three validation accuracies per epoch, from ``metrics.jsonl``."""
+    """Training loss and the validation accuracies per epoch (those the run logged), from ``metrics.jsonl``."""
     epochs = [record["epoch"] for record in records]
     figure = Figure(figsize=(9.0, 3.4))
     loss_axes = figure.add_subplot(1, 2, 1)
@@ -123,7 +126,10 @@ def plot_training_curves(records: List[Dict[str, float]], path: str,
     loss_axes.set_title("training loss")
     accuracy_axes = figure.add_subplot(1, 2, 2)
     for name, label in (("val_acc1", "ACC1 (discrimination)"), ("val_acc2", "ACC2 (interpretation)"),
-                        ("val_acc3", "ACC3 (complement)")):
+                        ("val_acc3", "ACC3 (complement)"), ("val_acc_gate", "CSG path, gates G[y]"),
+                        ("density", "L1 density of G")):
+        if not records or name not in records[0]:
+            continue
         accuracy_axes.plot(epochs, [record[name] for record in records], marker=".", label=label)
     accuracy_axes.set_xlabel("epoch")
     accuracy_axes.set_ylabel("validation accuracy")

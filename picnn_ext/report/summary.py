@@ -11,12 +11,28 @@ import torch
 import torch.nn.functional as F
 
 from ..train import checkpoint as ckpt
+from ..train.config import TrainConfig
+from ..train.methods import METHOD_NAMES, create_method
 from ..train.trainer import load_trained_model
 
 METRICS = ("acc1", "acc2", "acc3", "mis")
-METRIC_TITLES = {"acc1": "ACC1", "acc2": "ACC2", "acc3": "ACC3", "mis": "MIS"}
+METRIC_TITLES = {"acc1": "ACC1", "acc2": "ACC2", "acc3": "ACC3", "mis": "MIS", "density": "L1 density"}
 # Methods in the order tables list them: the baseline first.
-METHOD_ORDER = {"std": 0, "picnn": 1}
+METHOD_ORDER = {name: order for order, name in enumerate(METHOD_NAMES)}
+MISSING = "–"
+
+
+def metric_columns(summaries: Sequence[Dict]) -> List[str]:
+    """The test metrics of a set of runs: the common ones first, then each method's own, in first-seen order.
+    A run without a column (STD has no L1 density) shows a dash there."""
+    seen = list(METRICS)
+    for summary in summaries:
+        seen += [name for name in summary["test"] if name not in seen]
+    return [name for name in seen if any(name in summary["test"] for summary in summaries)]
+
+
+def metric_title(name: str) -> str:
+    return METRIC_TITLES.get(name, name)
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -36,15 +52,17 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str
 
 def compare_table(run_dirs: Sequence[str]) -> str:
     """One row per finished run: method, data set, seed, the test metrics and the training time."""
+    summaries = [ckpt.load_summary(run_dir) for run_dir in run_dirs]
+    columns = metric_columns(summaries)
     rows = []
-    for run_dir in run_dirs:
-        summary = ckpt.load_summary(run_dir)
+    for run_dir, summary in zip(run_dirs, summaries):
         test = summary["test"]
         rows.append([
             os.path.basename(os.path.normpath(run_dir)), summary["method"], summary["dataset"],
-            str(summary["seed"]), *(f"{test[name]:.4f}" for name in METRICS), f"{summary['train_time_s']:.1f}",
+            str(summary["seed"]), *(f"{test[name]:.4f}" if name in test else MISSING for name in columns),
+            f"{summary['train_time_s']:.1f}",
         ])
-    headers = ["run", "method", "dataset", "seed", *(METRIC_TITLES[name] for name in METRICS), "train time (s)"]
+    headers = ["run", "method", "dataset", "seed", *(metric_title(name) for name in columns), "train time (s)"]
     return markdown_table(headers, rows)
 
 
@@ -57,17 +75,21 @@ def seed_table(summaries: Sequence[Dict]) -> str:
     by_method: Dict[str, List[Dict]] = {}
     for summary in summaries:
         by_method.setdefault(summary["method"], []).append(summary)
+    columns = metric_columns(summaries)
     rows = []
     for method in sorted(by_method, key=lambda name: (METHOD_ORDER.get(name, len(METHOD_ORDER)), name)):
         runs = by_method[method]
         cells = [method.upper(), str(len(runs))]
-        for name in METRICS:
+        for name in columns:
+            if not all(name in run["test"] for run in runs):
+                cells.append(MISSING)
+                continue
             values = np.array([run["test"][name] for run in runs])
             spread = values.std(ddof=1) if len(values) > 1 else 0.0
             cells.append(f"{values.mean():.4f} ± {spread:.4f}")
         cells.append(f"{np.mean([run['train_time_s'] for run in runs]):.1f}")
         rows.append(cells)
-    headers = ["method", "seeds", *(METRIC_TITLES[name] for name in METRICS), "train time per run (s)"]
+    headers = ["method", "seeds", *(metric_title(name) for name in columns), "train time per run (s)"]
     return markdown_table(headers, rows)
 
 
@@ -115,11 +137,16 @@ def write_report(run_dir: str, out_dir: Optional[str] = None, *, num_images: int
     os.makedirs(out_dir, exist_ok=True)
 
     class_names = summary.get("class_names") or list(splits.class_names)
-    P = model.head.P.detach().numpy()
+    method = create_method(TrainConfig.from_dict(summary["config"]))
+    assigned = method.filter_class_matrix(model)
+    if assigned is None:
+        raise ValueError(f"picnn-ext report: {summary['method']} runs have no filter-class matrix to report")
+    symbol, P = assigned[0], assigned[1].float().numpy()
     clusters = figures.filter_clusters(P)
     cluster_sizes = np.bincount(clusters, minlength=len(class_names))
-    figures.plot_p_matrix(P, class_names, os.path.join(out_dir, "p_matrix.png"))
-    figures.plot_mi_matrix(mi, P, class_names, os.path.join(out_dir, "mi_matrix.png"))
+    title = {"P": "filter-class correspondence P", "G": "class-specific gates G"}.get(symbol, symbol)
+    figures.plot_p_matrix(P, class_names, os.path.join(out_dir, "p_matrix.png"), symbol, title)
+    figures.plot_mi_matrix(mi, P, class_names, os.path.join(out_dir, "mi_matrix.png"), symbol)
     images, labels = _example_images(splits.test, splits.num_classes, num_images)
     maps = _class_activation_maps(model, images, labels, clusters)
     figures.plot_activation_maps(images.numpy(), maps, labels, class_names, cluster_sizes,
@@ -127,14 +154,27 @@ def write_report(run_dir: str, out_dir: Optional[str] = None, *, num_images: int
     figures.plot_training_curves(records, os.path.join(out_dir, "training_curves.png"), summary["best_epoch"])
 
     path = os.path.join(out_dir, "report.md")
-    ckpt.atomic_write_text(_report_markdown(run_dir, summary, P, mi, cluster_sizes, class_names), path)
+    ckpt.atomic_write_text(_report_markdown(run_dir, summary, symbol, P, mi, cluster_sizes, class_names), path)
     return path
 
 
-def _report_markdown(run_dir, summary, P, mi, cluster_sizes, class_names) -> str:
+# What each test metric reads, for the report.
+METRIC_NOTES = {
+    "acc1": "ACC1: the network as deployed (PICNN: the discrimination pathway; CSG: the ungated STD path)",
+    "acc2": "ACC2: interpretation pathway (only the filters sampled for the class drawn from softmax(l1))",
+    "acc3": "ACC3: complement pathway (the true class's filters removed)",
+    "acc_gate": "acc_gate: the CSG path, the features gated by the true class's row of G",
+    "mis": "MIS: mean over filters of the largest mutual information with a class",
+    "density": "L1 density: |G|_1 / (C K), the share of gate mass left open",
+}
+
+
+def _report_markdown(run_dir, summary, symbol, P, mi, cluster_sizes, class_names) -> str:
     config = summary["config"]
     test = summary["test"]
-    metrics = markdown_table([METRIC_TITLES[name] for name in METRICS], [[f"{test[name]:.4f}" for name in METRICS]])
+    names = metric_columns([summary])
+    metrics = markdown_table([metric_title(name) for name in names], [[f"{test[name]:.4f}" for name in names]])
+    notes = "\n".join(f"- {METRIC_NOTES[name]}" for name in names if name in METRIC_NOTES)
     # Per class: its filters, and how well they serve it (mean P and mean MI of the cluster).
     clusters = P.argmax(axis=0)
     rows = []
@@ -143,39 +183,43 @@ def _report_markdown(run_dir, summary, P, mi, cluster_sizes, class_names) -> str
         rows.append([name, str(int(cluster_sizes[label])),
                      f"{P[label, members].mean():.3f}" if members.any() else "-",
                      f"{mi[label, members].mean():.4f}" if members.any() else "-"])
-    cluster_table = markdown_table(["class", "filters", "mean P", "mean MI (nats)"], rows)
+    cluster_table = markdown_table(["class", "filters", f"mean {symbol}", "mean MI (nats)"], rows)
     std_note = (
         "\n*STD trains with CE(l1) alone, so `theta` gets no gradient: its P is the random initialisation, "
         "and the clusters above are chance.*\n" if summary["method"] == "std" else ""
     )
+    if summary["method"] == "csg":
+        method_options = (f", CSG warm-up {config['csg_warmup']} epochs then every {config['csg_period']}-th epoch, "
+                          f"density budget {config['csg_density']}, lam_reg {config['csg_lam_reg']}")
+    else:
+        method_options = f", lambda = {config['lam']}"
+    title = {"P": "Filter-class correspondence P", "G": "Class-specific gates G"}.get(symbol, symbol)
     return f"""# Report: {os.path.basename(os.path.normpath(run_dir))}
 
 - method: **{summary['method'].upper()}**, data set: `{summary['dataset']}`, seed {summary['seed']}
 - {summary['epochs']} epochs, batch {config['batch_size']}, lr {config['lr']}, weight decay {config['weight_decay']},
-  {config['schedule']} schedule; K = {config['num_filters']} filters, lambda = {config['lam']}
+  {config['schedule']} schedule; K = {config['num_filters']} filters{method_options}
 - model selected on the validation split: epoch {summary['best_epoch']} (validation ACC1 {summary['val']['acc1']:.4f})
 - training time {summary['train_time_s']:.1f} s on {summary['device']} ({summary['world_size']} process(es)),
   {summary['num_parameters']:,} parameters
 
 ## Test metrics
 
-ACC1: discrimination pathway; ACC2: interpretation pathway (only the filters sampled for the class drawn from softmax(l1));
-ACC3: complement pathway (the true class's filters removed); MIS: mean over filters of the largest mutual
-information with a class.
+{notes}
 
 {metrics}
 
-## Filter-class correspondence P
+## {title}
 
-Filters grouped by their class cluster (the class with the largest P in their column).
+Filters grouped by their class cluster (the class with the largest {symbol} in their column).
 
-![P](p_matrix.png)
+![{symbol}](p_matrix.png)
 
 {cluster_table}
 {std_note}
 ## Mutual information between filters and classes (test set)
 
-Same filter order as P.
+Same filter order as {symbol}.
 
 ![MI](mi_matrix.png)
 

@@ -10,11 +10,9 @@ from typing import Any, Dict, List, Mapping, Optional
 
 from ..data import parse_dataset_spec
 
-METHODS = ("std", "picnn")
-METHOD_HELP = (
-    "'std' (cross-entropy on the discrimination pathway only) or 'picnn' (plus lam times the "
-    "cross-entropy of the interpretation pathway on the positive samples)"
-)
+from .methods import METHOD_HELP, METHOD_NAMES
+
+METHODS = METHOD_NAMES
 BACKBONES = ("small_cnn",)
 
 # Settings that only say where and how fast a run goes, not what it computes: they may differ between a
@@ -47,6 +45,15 @@ class TrainConfig:
     num_filters: int = 64
     # lambda: weight of the interpretation pathway's loss (PICNN only).
     lam: float = 2.0
+    # CSG (DESIGN.md section 4): STD epochs during the warm-up, then a CSG epoch every csg_period-th epoch;
+    # the gates start at csg_init; the L1 hinge lets csg_density * C * K of gate mass through free and
+    # weighs the rest by csg_lam_reg; gate_lr is G's learning rate (None: lr).
+    csg_warmup: int = 5
+    csg_period: int = 3
+    csg_init: float = 0.5
+    csg_density: float = 0.2
+    csg_lam_reg: float = 1e-3
+    gate_lr: Optional[float] = None
     out_dir: str = "runs"
     # Folder name of the run under ``out_dir``; default "<method>-<dataset>-seed<seed>".
     run_name: Optional[str] = None
@@ -59,7 +66,7 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         """Raise ValueError with a readable message for any setting that cannot work; returns self."""
         if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}; expected {METHOD_HELP}")
+            raise ValueError(f"unknown method {self.method!r}; expected one of {', '.join(METHODS)} ({METHOD_HELP})")
         parse_dataset_spec(self.dataset)  # Raises with the list of accepted specs.
         if self.backbone not in BACKBONES:
             raise ValueError(f"unknown backbone {self.backbone!r}; expected one of {', '.join(BACKBONES)}")
@@ -77,6 +84,17 @@ class TrainConfig:
         for name in ("weight_decay", "lam"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.csg_warmup < 0:
+            raise ValueError(f"csg_warmup must be >= 0, got {self.csg_warmup}")
+        if self.csg_period < 1:
+            raise ValueError(f"csg_period must be at least 1, got {self.csg_period}")
+        for name in ("csg_init", "csg_density"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if not self.csg_lam_reg >= 0:
+            raise ValueError(f"csg_lam_reg must be >= 0, got {self.csg_lam_reg}")
+        if self.gate_lr is not None and not self.gate_lr > 0:
+            raise ValueError(f"gate_lr must be positive, got {self.gate_lr}")
         if self.run_name is not None and (not self.run_name or os.sep in self.run_name):
             raise ValueError(f"run_name must be a plain folder name, got {self.run_name!r}")
         return self

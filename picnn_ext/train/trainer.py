@@ -1,9 +1,8 @@
 """The training loop: ``train(config) -> run_dir``.
 
-STD and PICNN train the same network (backbone, interpreted conv, head) with the same data order, budget
-and seed; they differ only in the loss. STD minimises CE(l1): the interpretation pathway is not even
-computed, so ``theta`` gets no gradient and stays at its initial value. PICNN adds
-``lam * CE(l2)`` on the positive samples (DESIGN.md section 3).
+Every method trains the same backbone with the same data order, budget and seed; what differs (the
+network's head, the loss, a projection after the step, what evaluation reads) is the method's, chosen by
+``config.method`` in :mod:`.methods`.
 
 Reproducibility: the weights are initialised from ``seed`` on every rank; the sampled classes and masks
 come from a generator of their own per rank, seeded from ``(seed, rank)`` so that the ranks draw
@@ -33,12 +32,11 @@ from tqdm.auto import tqdm
 
 from .. import __version__, ops
 from ..data import DatasetSplits, load_dataset
-from ..models.small_cnn import SmallConvNet
-from ..nn import PICNN
 from . import checkpoint as ckpt
 from . import distributed
 from .config import TrainConfig
 from .evaluate import evaluate
+from .methods import create_method
 
 # Evaluation holds no activations for a backward pass, so it can take larger batches than training.
 EVAL_BATCH_SIZE = 256
@@ -48,18 +46,10 @@ class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite; training stopped."""
 
 
-def backbone_stages(image_size) -> int:
-    """Stages of the small backbone for an image size: each stage after the first halves the map, and
-    the map should stay at least 4 pixels wide; 3 stages at most (an 8x8 map for 32x32 images)."""
-    smallest_side = min(image_size)
-    return min(3, max(1, 1 + int(math.floor(math.log2(max(smallest_side, 1) / 4)))))
-
-
-def build_model(config: TrainConfig, in_channels: int, num_classes: int, image_size) -> PICNN:
-    """The network of a run; the weights come from torch's global generator (seed it first)."""
-    stages = config.stages if config.stages is not None else backbone_stages(image_size)
-    backbone = SmallConvNet(in_channels, width=config.width, stages=stages)
-    return PICNN(backbone, backbone.out_channels, num_classes, num_filters=config.num_filters, lam=config.lam)
+def build_model(config: TrainConfig, in_channels: int, num_classes: int, image_size) -> torch.nn.Module:
+    """The network of a run, as its method builds it; the weights come from torch's global generator
+    (seed it first)."""
+    return create_method(config).build_model(in_channels, num_classes, image_size)
 
 
 def load_trained_model(run_dir: str, splits: Optional[DatasetSplits] = None, *, which: str = ckpt.BEST_FILE,
@@ -72,7 +62,9 @@ def load_trained_model(run_dir: str, splits: Optional[DatasetSplits] = None, *, 
     if splits is None:
         splits = load_dataset(config.dataset, seed=config.seed)
     state = ckpt.load_checkpoint(os.path.join(run_dir, which), expected=config)
-    model = build_model(config, splits.in_channels, splits.num_classes, splits.image_size)
+    method = create_method(config)
+    model = method.build_model(splits.in_channels, splits.num_classes, splits.image_size)
+    method.prepare(model)
     model.load_state_dict(state["model"])
     return model.to(device).eval(), splits
 
@@ -140,18 +132,18 @@ class Trainer:
 
         torch.manual_seed(config.seed)
         np.random.seed(config.seed)
-        self.model = build_model(
-            config, self.splits.in_channels, self.splits.num_classes, self.splits.image_size
+        self.method = create_method(config)
+        self.model = self.method.build_model(
+            self.splits.in_channels, self.splits.num_classes, self.splits.image_size
         ).to(self.device)
-        self.picnn = config.method == "picnn"
-        if not self.picnn:
-            # STD never runs the interpretation pathway, so theta gets no gradient; marking it frozen says
-            # so to DDP, which would otherwise wait for its gradient.
-            self.model.head.theta.requires_grad_(False)
+        self.method.prepare(self.model)
         self.net = self.model
         if context.distributed:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
-            self.net = DistributedDataParallel(self.model, device_ids=device_ids)
+            self.net = DistributedDataParallel(
+                self.model, device_ids=device_ids,
+                find_unused_parameters=self.method.ddp_find_unused_parameters,
+            )
 
         self.generator = torch.Generator(self.device).manual_seed(sampling_seed(config.seed, context.rank))
         self.sampler = DistributedSampler(
@@ -166,8 +158,8 @@ class Trainer:
             # The loader's own draws (worker seeds) come from here, not from the global generator.
             generator=torch.Generator().manual_seed(config.seed),
         )
-        trainable = [parameter for parameter in self.model.parameters() if parameter.requires_grad]
-        self.optimizer = torch.optim.Adam(trainable, lr=config.lr, weight_decay=config.weight_decay)
+        self.optimizer = torch.optim.Adam(self.method.parameter_groups(self.model), lr=config.lr,
+                                          weight_decay=config.weight_decay)
         if config.schedule == "cosine":
             # Stepped once per batch, from lr down to 0 at the end of the last epoch.
             self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
@@ -262,7 +254,7 @@ class Trainer:
             images = images.to(device, non_blocking=True)
             targets = targets.to(device, non_blocking=True)
             try:
-                loss = self._step(images, targets)
+                loss = self._step(images, targets, epoch)
             except ValueError as error:
                 # The ops refuse NaN logits (sample_class) before any loss exists; say where, and why.
                 self._raise_if_non_finite(error, epoch, step, images, first_bad_step)
@@ -294,15 +286,15 @@ class Trainer:
             )
         return mean_loss, seconds
 
-    def _step(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def _step(self, images: torch.Tensor, targets: torch.Tensor, epoch: int) -> torch.Tensor:
         """One optimisation step; returns the loss, detached, still on the device."""
-        # PICNN: the loss of the three pathways; STD: the discrimination pathway alone, CE(l1).
-        out = self.net(images, targets, pathways=self.picnn, generator=self.generator)
+        loss = self.method.training_loss(self.net, images, targets, epoch=epoch, generator=self.generator)
         self.optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
+        loss.backward()
         self.optimizer.step()
+        self.method.after_step(self.model, epoch=epoch)
         self.scheduler.step()
-        return out.loss.detach()
+        return loss.detach()
 
     def _what_is_kept(self, epoch: int) -> str:
         """The sentence that tells a stopped run what is left of it."""
@@ -334,11 +326,13 @@ class Trainer:
         )
         if self.context.is_main:
             start = time.perf_counter()
-            val = evaluate(self.model, self.splits.val, device=self.device, batch_size=EVAL_BATCH_SIZE)
+            val = evaluate(self.model, self.splits.val, device=self.device, method=self.method,
+                           batch_size=EVAL_BATCH_SIZE)
             record = {
                 "epoch": epoch,
                 "train_loss": train_loss,
                 **{f"val_{name}": value for name, value in val.metrics().items()},
+                **self.method.model_metrics(self.model),
                 "lr": self.optimizer.param_groups[0]["lr"],
                 "time_s": seconds,
                 "val_time_s": time.perf_counter() - start,
@@ -356,9 +350,12 @@ class Trainer:
                 train_time_s=self.train_time_s,
             )
             if not self.config.quiet:
+                scores = " ".join(f"{name} {value:.4f}" for name, value in val.metrics().items())
+                extras = "".join(f"  {name} {value:.4f}" for name, value in self.method.model_metrics(self.model).items())
+                note = self.method.epoch_note(epoch)
                 tqdm.write(
-                    f"epoch {epoch}/{self.config.epochs}  loss {train_loss:.4f}  val acc1 {val.acc1:.4f} "
-                    f"acc2 {val.acc2:.4f} acc3 {val.acc3:.4f}  lr {record['lr']:.2e}  {seconds:.1f}s",
+                    f"epoch {epoch}/{self.config.epochs}{f' ({note})' if note else ''}  loss {train_loss:.4f}  "
+                    f"val {scores}{extras}  lr {record['lr']:.2e}  {seconds:.1f}s",
                     file=sys.stderr,
                 )
         distributed.barrier(self.context)
@@ -368,14 +365,15 @@ class Trainer:
         if self.context.is_main:
             best = ckpt.load_checkpoint(os.path.join(self.run_dir, ckpt.BEST_FILE))
             self.model.load_state_dict(best["model"])
-            test = evaluate(self.model, self.splits.test, device=self.device, batch_size=EVAL_BATCH_SIZE,
-                            with_mis=True, num_classes=self.splits.num_classes)
-            ckpt.atomic_save_npy(test.mi.numpy(), os.path.join(self.run_dir, ckpt.TEST_MI_FILE))
+            test = evaluate(self.model, self.splits.test, device=self.device, method=self.method,
+                            batch_size=EVAL_BATCH_SIZE, with_mis=True, num_classes=self.splits.num_classes)
+            if test.mi is not None:
+                ckpt.atomic_save_npy(test.mi.numpy(), os.path.join(self.run_dir, ckpt.TEST_MI_FILE))
             summary = {
                 "method": self.config.method,
                 "dataset": self.config.dataset,
                 "seed": self.config.seed,
-                "test": test.metrics(),
+                "test": {**test.metrics(), **self.method.model_metrics(self.model)},
                 "best_epoch": best["epoch"],
                 "val": best["val"],
                 "epochs": self.config.epochs,
@@ -390,9 +388,6 @@ class Trainer:
             }
             ckpt.atomic_write_json(summary, os.path.join(self.run_dir, ckpt.SUMMARY_FILE))
             if not self.config.quiet:
-                tqdm.write(
-                    f"test (epoch {best['epoch']}): acc1 {test.acc1:.4f} acc2 {test.acc2:.4f} "
-                    f"acc3 {test.acc3:.4f} mis {test.mis:.4f}; wrote {self.run_dir}",
-                    file=sys.stderr,
-                )
+                scores = " ".join(f"{name} {value:.4f}" for name, value in summary["test"].items())
+                tqdm.write(f"test (epoch {best['epoch']}): {scores}; wrote {self.run_dir}", file=sys.stderr)
         distributed.barrier(self.context)

@@ -1,0 +1,102 @@
+"""What a training method is to the trainer: the one place where ``--method`` decides the training rule.
+
+The trainer owns the loop (data order, optimiser, schedule, checkpoints, evaluation, DDP); a method owns
+what differs between STD, PICNN, CSG and NND:
+
+- ``build_model``: the network (the same backbone for every method, so that they compare);
+- ``prepare`` and ``parameter_groups``: what trains, at which learning rate;
+- ``training_loss``: one step's forward and loss (CSG switches paths by epoch);
+- ``after_step``: a projection or clamp after the optimiser step (CSG's gate projection);
+- ``eval_outputs``: the named logits scored on a split (``acc1`` always: the network a user deploys) and
+  the interpreted layer's output for the MIS;
+- ``model_metrics``: numbers read off the weights alone (CSG's L1 density).
+
+Everything a method does in a step stays on the device (no ``.item()``), as the trainer's loop requires.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
+
+import torch
+from torch import nn
+
+from ...models.small_cnn import SmallConvNet
+
+if TYPE_CHECKING:  # The config imports the registry, not the other way round.
+    from ..config import TrainConfig
+
+__all__ = ["EvalOutputs", "TrainingMethod", "backbone_stages", "build_backbone"]
+
+
+def backbone_stages(image_size) -> int:
+    """Stages of the small backbone for an image size: each stage after the first halves the map, and
+    the map should stay at least 4 pixels wide; 3 stages at most (an 8x8 map for 32x32 images)."""
+    smallest_side = min(image_size)
+    return min(3, max(1, 1 + int(math.floor(math.log2(max(smallest_side, 1) / 4)))))
+
+
+def build_backbone(config: "TrainConfig", in_channels: int, image_size) -> Tuple[nn.Module, int]:
+    """(backbone, its output channels) of a run: the same for every method."""
+    stages = config.stages if config.stages is not None else backbone_stages(image_size)
+    backbone = SmallConvNet(in_channels, width=config.width, stages=stages)
+    return backbone, backbone.out_channels
+
+
+@dataclass
+class EvalOutputs:
+    """What one evaluation batch gives the scorer."""
+
+    logits: Dict[str, Optional[torch.Tensor]]  # name -> (B, C) logits; "acc1" is the deployed network
+    features: Optional[torch.Tensor] = None      # A, for the MIS; None: the method has no interpreted layer
+    channel_dim: int = 1                          # where the K filters lie in ``features``
+
+
+class TrainingMethod:
+    """The base: plain cross-entropy on a network's logits. Subclasses override what differs."""
+
+    name = ""
+    help = ""
+    # The accuracies ``eval_outputs`` reports, in the order tables show them.
+    accuracy_names: Tuple[str, ...] = ("acc1",)
+    # DDP must look for parameters without a gradient in a step (CSG's G in its STD epochs).
+    ddp_find_unused_parameters = False
+
+    def __init__(self, config: "TrainConfig"):
+        self.config = config
+
+    def build_model(self, in_channels: int, num_classes: int, image_size) -> nn.Module:
+        raise NotImplementedError
+
+    def prepare(self, model: nn.Module) -> None:
+        """Adjust a freshly built model before the optimiser sees it (e.g. freeze what never trains)."""
+
+    def parameter_groups(self, model: nn.Module) -> List[dict]:
+        """The optimiser's parameter groups; by default every trainable parameter at ``config.lr``."""
+        return [{"params": [parameter for parameter in model.parameters() if parameter.requires_grad]}]
+
+    def training_loss(self, net: nn.Module, images: torch.Tensor, targets: torch.Tensor, *, epoch: int,
+                      generator: torch.Generator) -> torch.Tensor:
+        """One step's loss. ``net`` may be a DDP wrapper of the model: call it, not its submodules."""
+        raise NotImplementedError
+
+    def after_step(self, model: nn.Module, *, epoch: int) -> None:
+        """Called after every optimiser step, on the bare model."""
+
+    def eval_outputs(self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor,
+                     generator: torch.Generator) -> EvalOutputs:
+        raise NotImplementedError
+
+    def model_metrics(self, model: nn.Module) -> Dict[str, float]:
+        """Numbers read off the weights (one host read each), logged per epoch and in the summary."""
+        return {}
+
+    def filter_class_matrix(self, model: nn.Module) -> Optional[Tuple[str, torch.Tensor]]:
+        """(symbol, (C, K) matrix) that assigns the interpreted layer's filters to classes, for the report
+        and the comparison with class-wise CAR (PICNN: P; CSG: G); None where the method has none."""
+        return None
+
+    def epoch_note(self, epoch: int) -> str:
+        """A word on what this epoch trains, for the per-epoch line (CSG: which path)."""
+        return ""
