@@ -1,10 +1,11 @@
-"""The ``picnn-ext`` command: ``train``, ``report``, ``compare``, ``digits-demo`` and ``compare-methods``.
+"""The ``picnn-ext`` command: ``train``, ``report``, ``compare``, ``car``, ``digits-demo`` and ``compare-methods``.
 
     picnn-ext train --method picnn --dataset digits --epochs 30
     picnn-ext train --resume runs/picnn-digits-seed0
     torchrun --nproc-per-node 2 -m picnn_ext.cli train --method picnn --dataset shapes
     picnn-ext report runs/picnn-digits-seed0
     picnn-ext compare runs/std-digits-seed0 runs/picnn-digits-seed0
+    picnn-ext car runs/picnn-digits-seed0 --keep 16
     picnn-ext digits-demo
     picnn-ext compare-methods --datasets digits shapes --methods std picnn csg --seeds 3
 """
@@ -111,6 +112,22 @@ def build_parser() -> argparse.ArgumentParser:
     compare_parser = commands.add_parser("compare", help="side-by-side test metrics of finished runs")
     compare_parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
 
+    car_parser = commands.add_parser(
+        "car", help="CAR filter importance and greedy CAR pruning of a finished run",
+        description="Class-wise CAR (accuracy lost without each filter) on the validation and test splits, and "
+                    "greedy pruning of the lowest-CAR filters decided on the validation split; writes car.json, "
+                    "car_curve.png and class_car.png.")
+    car_parser.add_argument("run_dir", metavar="RUN_DIR")
+    car_parser.add_argument("--layer", metavar="NAME",
+                            help="module name of the layer (default: the interpreted layer, in closed form)")
+    stop = car_parser.add_mutually_exclusive_group()
+    stop.add_argument("--keep", type=int, metavar="N", help="prune down to N filters (default: 1, the whole curve)")
+    stop.add_argument("--min-accuracy", type=float, metavar="A",
+                      help="prune while the validation accuracy stays at least A")
+    car_parser.add_argument("--per-round", type=int, default=1, metavar="N",
+                            help="filters removed per round before CAR is recomputed (default: 1)")
+    car_parser.add_argument("--out", metavar="DIR", help="where to write (default: RUN_DIR/car)")
+
     demo_parser = commands.add_parser(
         "digits-demo", help="STD vs PICNN on the digits, several seeds, on the CPU in a few minutes",
         description="Train STD and PICNN on scikit-learn's digits with the same backbone, budget and seeds, "
@@ -175,6 +192,14 @@ def _compare_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _car_command(args: argparse.Namespace) -> int:
+    from .report.car_report import write_car_report  # matplotlib, only for this command
+
+    print(write_car_report(args.run_dir, args.out, layer=args.layer, keep=args.keep,
+                           min_accuracy=args.min_accuracy, per_round=args.per_round))
+    return 0
+
+
 def _digits_demo_command(args: argparse.Namespace) -> int:
     if args.seeds < 1 or args.epochs < 1:
         raise ValueError(f"--seeds and --epochs must be at least 1, got --seeds {args.seeds} --epochs {args.epochs}")
@@ -199,6 +224,7 @@ COMMANDS = {
     "train": _train_command,
     "report": _report_command,
     "compare": _compare_command,
+    "car": _car_command,
     "digits-demo": _digits_demo_command,
     "compare-methods": _compare_methods_command,
 }
