@@ -1,11 +1,13 @@
-"""The ``picnn-ext`` command: ``train``, ``report``, ``compare`` and ``digits-demo``.
+"""The ``picnn-ext`` command: ``train``, ``report``, ``compare``, ``car``, ``digits-demo`` and ``compare-methods``.
 
     picnn-ext train --method picnn --dataset digits --epochs 30
     picnn-ext train --resume runs/picnn-digits-seed0
     torchrun --nproc-per-node 2 -m picnn_ext.cli train --method picnn --dataset shapes
     picnn-ext report runs/picnn-digits-seed0
     picnn-ext compare runs/std-digits-seed0 runs/picnn-digits-seed0
+    picnn-ext car runs/picnn-digits-seed0 --keep 16
     picnn-ext digits-demo
+    picnn-ext compare-methods --datasets digits shapes --methods std picnn csg --seeds 3
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ import time
 from typing import Optional, Sequence
 
 from .data import DATASET_SPEC_HELP, load_dataset
-from .report import compare_table, seed_table, write_report
+from .report import compare_table, write_report
+from .report.comparison import BUDGETS, run_comparison
 from .train import NonFiniteLossError, TrainConfig, load_config, load_summary, train
 from .train.checkpoint import atomic_write_text
 from .train.methods import METHOD_HELP, METHOD_NAMES
@@ -27,15 +30,9 @@ from .train.methods import METHOD_HELP, METHOD_NAMES
 # prints their message alone. Any other exception is a bug and keeps its traceback.
 USER_ERRORS = (ValueError, OSError, ImportError, NonFiniteLossError)
 
-# The digits demo's budget: 6 runs of about 10 s each on an idle 2-core CPU. theta moves by about lr per
-# Adam step, and it must move by several units for P to leave its near-uniform start and make the filters
-# class-specific: batches of 16 give 68 steps per epoch, 2,720 in 40 epochs, where batches of 64 would give
-# a quarter of that and an interpretation pathway (ACC2) still close to chance.
-DEMO_EPOCHS = 40
+# The digits demo: STD and PICNN on digits with the comparison's digits budget (report/comparison.py).
+DEMO_EPOCHS = BUDGETS["digits"].epochs
 DEMO_SEEDS = 3
-DEMO_BATCH_SIZE = 16
-DEMO_WIDTH = 16
-DEMO_NUM_FILTERS = 32
 
 
 def _add_train_options(parser: argparse.ArgumentParser) -> None:
@@ -115,6 +112,22 @@ def build_parser() -> argparse.ArgumentParser:
     compare_parser = commands.add_parser("compare", help="side-by-side test metrics of finished runs")
     compare_parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
 
+    car_parser = commands.add_parser(
+        "car", help="CAR filter importance and greedy CAR pruning of a finished run",
+        description="Class-wise CAR (accuracy lost without each filter) on the validation and test splits, and "
+                    "greedy pruning of the lowest-CAR filters decided on the validation split; writes car.json, "
+                    "car_curve.png and class_car.png.")
+    car_parser.add_argument("run_dir", metavar="RUN_DIR")
+    car_parser.add_argument("--layer", metavar="NAME",
+                            help="module name of the layer (default: the interpreted layer, in closed form)")
+    stop = car_parser.add_mutually_exclusive_group()
+    stop.add_argument("--keep", type=int, metavar="N", help="prune down to N filters (default: 1, the whole curve)")
+    stop.add_argument("--min-accuracy", type=float, metavar="A",
+                      help="prune while the validation accuracy stays at least A")
+    car_parser.add_argument("--per-round", type=int, default=1, metavar="N",
+                            help="filters removed per round before CAR is recomputed (default: 1)")
+    car_parser.add_argument("--out", metavar="DIR", help="where to write (default: RUN_DIR/car)")
+
     demo_parser = commands.add_parser(
         "digits-demo", help="STD vs PICNN on the digits, several seeds, on the CPU in a few minutes",
         description="Train STD and PICNN on scikit-learn's digits with the same backbone, budget and seeds, "
@@ -127,6 +140,21 @@ def build_parser() -> argparse.ArgumentParser:
                              help="folder of the demo's runs and results.md (default: runs/digits-demo-TIME)")
     demo_parser.add_argument("--device", default="cpu", help="(default: cpu)")
     demo_parser.add_argument("--quiet", action="store_true", help="print only the final table")
+
+    methods_parser = commands.add_parser(
+        "compare-methods", help="every method on the built-in data sets, several seeds, one table",
+        description="Train each method on each data set with the same backbone, budget and seeds (the budgets "
+                    "of picnn_ext.report.comparison.BUDGETS) and write a table of the mean ± std over seeds.",
+    )
+    methods_parser.add_argument("--datasets", nargs="+", default=list(BUDGETS), choices=list(BUDGETS),
+                                help=f"(default: {' '.join(BUDGETS)})")
+    methods_parser.add_argument("--methods", nargs="+", default=list(METHOD_NAMES), choices=list(METHOD_NAMES),
+                                help=f"(default: {' '.join(METHOD_NAMES)})")
+    methods_parser.add_argument("--seeds", type=int, default=DEMO_SEEDS, help=f"(default: {DEMO_SEEDS})")
+    methods_parser.add_argument("--epochs", type=int, help="override every data set's epochs (a quick look)")
+    methods_parser.add_argument("--out-dir", metavar="DIR", help="(default: runs/compare-methods-TIME)")
+    methods_parser.add_argument("--device", default="cpu", help="(default: cpu)")
+    methods_parser.add_argument("--quiet", action="store_true", help="print only the final tables")
     return parser
 
 
@@ -164,35 +192,30 @@ def _compare_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _car_command(args: argparse.Namespace) -> int:
+    from .report.car_report import write_car_report  # matplotlib, only for this command
+
+    print(write_car_report(args.run_dir, args.out, layer=args.layer, keep=args.keep,
+                           min_accuracy=args.min_accuracy, per_round=args.per_round))
+    return 0
+
+
 def _digits_demo_command(args: argparse.Namespace) -> int:
     if args.seeds < 1 or args.epochs < 1:
         raise ValueError(f"--seeds and --epochs must be at least 1, got --seeds {args.seeds} --epochs {args.epochs}")
     out_dir = args.out_dir or os.path.join("runs", time.strftime("digits-demo-%Y%m%d-%H%M%S"))
-    splits = load_dataset("digits")  # Once, for all the runs.
-    summaries = []
-    start = time.perf_counter()
-    for seed in range(args.seeds):
-        for method in ("std", "picnn"):
-            config = TrainConfig(
-                method=method, dataset="digits", epochs=args.epochs, batch_size=DEMO_BATCH_SIZE,
-                width=DEMO_WIDTH, num_filters=DEMO_NUM_FILTERS, seed=seed, out_dir=out_dir,
-                device=args.device, quiet=True,
-            )
-            summary = load_summary(train(config, splits=splits))
-            summaries.append(summary)
-            if not args.quiet:
-                test = summary["test"]
-                print(f"{method:>5} seed {seed}: acc1 {test['acc1']:.4f} acc2 {test['acc2']:.4f} "
-                      f"acc3 {test['acc3']:.4f} mis {test['mis']:.4f} ({summary['train_time_s']:.1f} s)",
-                      file=sys.stderr, flush=True)
-    wall_time = time.perf_counter() - start
-    table = seed_table(summaries)
-    header = (f"STD vs PICNN on digits: {args.seeds} seed(s), {args.epochs} epochs, batch {DEMO_BATCH_SIZE}, "
-              f"backbone width {DEMO_WIDTH}, K = {DEMO_NUM_FILTERS}; test split, mean ± std over seeds; "
-              f"{wall_time:.0f} s in all")
-    atomic_write_text(f"# digits demo\n\n{header}\n\n{table}\n", os.path.join(out_dir, "results.md"))
-    print(header)
-    print(table)
+    text = run_comparison(out_dir, datasets=["digits"], methods=["std", "picnn"], seeds=args.seeds,
+                          epochs=args.epochs, device=args.device, quiet=args.quiet, title="digits demo: STD vs PICNN")
+    print(text)
+    print(f"runs and results.md in {out_dir}")
+    return 0
+
+
+def _compare_methods_command(args: argparse.Namespace) -> int:
+    out_dir = args.out_dir or os.path.join("runs", time.strftime("compare-methods-%Y%m%d-%H%M%S"))
+    text = run_comparison(out_dir, datasets=args.datasets, methods=args.methods, seeds=args.seeds,
+                          epochs=args.epochs, device=args.device, quiet=args.quiet)
+    print(text)
     print(f"runs and results.md in {out_dir}")
     return 0
 
@@ -201,7 +224,9 @@ COMMANDS = {
     "train": _train_command,
     "report": _report_command,
     "compare": _compare_command,
+    "car": _car_command,
     "digits-demo": _digits_demo_command,
+    "compare-methods": _compare_methods_command,
 }
 
 

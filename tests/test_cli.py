@@ -23,7 +23,7 @@ def test_help_lists_the_commands(capsys):
         build_parser().parse_args(["--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    for command in ("train", "report", "compare", "digits-demo"):
+    for command in ("train", "report", "compare", "digits-demo", "compare-methods"):
         assert command in out
 
 
@@ -119,6 +119,23 @@ def test_digits_demo_prints_the_seed_table(tmp_path, capsys):
         ["results.md", "std-digits-seed0", "picnn-digits-seed0", "std-digits-seed1", "picnn-digits-seed1"]
     )
 
+
+def test_compare_methods_covers_every_method(tmp_path, capsys):
+    out_dir = tmp_path / "cmp"
+    assert run_cli("compare-methods", "--datasets", "digits", "--methods", "std", "picnn", "csg", "--epochs", "1",
+                   "--seeds", "1", "--out-dir", out_dir, "--quiet") == 0
+    out = capsys.readouterr().out
+    for row in ("| STD ", "| PICNN ", "| CSG ", "L1 density"):
+        assert row in out
+    # The CSG row has an L1 density, STD and PICNN show a dash there.
+    header = next(line for line in out.splitlines() if line.startswith("| method"))
+    column = [cell.strip() for cell in header.split("|")].index("L1 density")
+    cells = {line.split("|")[1].strip(): line.split("|")[column].strip() for line in out.splitlines()
+             if line.startswith("| ") and not line.startswith("| method")}
+    assert cells["STD"] == cells["PICNN"] == "–" and float(cells["CSG"].split(" ± ")[0]) > 0
+    assert (out_dir / "results.md").read_text().count("## digits") == 1
+    assert run_cli("compare-methods", "--seeds", "0", "--out-dir", tmp_path / "x", "--quiet") == 1
+    assert "seeds must be at least 1" in capsys.readouterr().err
 
 def test_train_options_of_the_network_and_the_step(tmp_path, capsys):
     out = tmp_path / "runs"

@@ -96,3 +96,18 @@ def test_markdown_table_aligns_columns():
     table = markdown_table(["a", "long header"], [["1", "2"], ["333", "4"]])
     widths = {len(line) for line in table.splitlines()}
     assert len(widths) == 1
+
+
+def test_report_of_a_csg_run_shows_its_gates(tmp_path):
+    splits = load_dataset("digits")
+    splits = dataclasses.replace(splits, train=Subset(splits.train, range(128)),
+                                 val=Subset(splits.val, range(40)), test=Subset(splits.test, range(60)))
+    config = TrainConfig(method="csg", epochs=2, batch_size=32, width=4, num_filters=12, csg_warmup=1,
+                         csg_period=1, device="cpu", quiet=True, out_dir=str(tmp_path / "runs"))
+    run_dir = train(config, splits=splits)
+    path = write_report(run_dir, str(tmp_path / "report"), num_images=2, splits=splits)
+    text = open(path, encoding="utf-8").read()
+    assert "Class-specific gates G" in text and "mean G" in text and "L1 density" in text
+    assert "CSG warm-up 1 epochs" in text and "mean P" not in text
+    with open(tmp_path / "report" / "p_matrix.png", "rb") as handle:
+        assert handle.read(8) == PNG_MAGIC
