@@ -21,7 +21,9 @@ __all__ = ["bernoulli_gate", "sample_class", "philox_uniform", "backend_for"]
 
 _registration.define_python_namespace("picnn_py")
 if _ext.CPU_LIBRARY.loaded:
-    _registration.register_fakes_and_autograd("picnn")
+    _registration.register_fakes("picnn")
+    if not _registration.has_autograd_kernels("picnn"):  # a library built before csrc/autograd/ existed
+        _registration.register_python_autograd("picnn")
     if not _ext.CUDA_LIBRARY.loaded:
         _registration.fill_in_python_kernels("picnn", "CUDA")
 else:
