@@ -54,9 +54,19 @@ def backend_for(device: torch.device | str, *, warn: bool = True) -> str:
     return "python"
 
 
+_NATIVE_OPS, _PYTHON_OPS = torch.ops.picnn, torch.ops.picnn_py
+_NATIVE_SETTINGS = ("auto", "native")
+
+
 def _ops(tensor, op: str, name: str):
-    check_tensor(tensor, op, name)
-    return torch.ops.picnn if backend_for(tensor.device) == "native" else torch.ops.picnn_py
+    """The namespace serving `tensor`. A gate on a (B, K) tensor takes a few microseconds, so the common case
+    (compiled CPU kernels, setting auto or native) is answered first, from the same state backend_for reads."""
+    if not isinstance(tensor, torch.Tensor):
+        check_tensor(tensor, op, name)
+    device_type = tensor.device.type
+    if device_type == "cpu" and _ext.CPU_LIBRARY.loaded and _ext.BACKEND in _NATIVE_SETTINGS:
+        return _NATIVE_OPS
+    return _NATIVE_OPS if backend_for(device_type) == "native" else _PYTHON_OPS
 
 
 def bernoulli_gate(x: torch.Tensor, p: torch.Tensor, *, hard: bool = True, noise: torch.Tensor | None = None,
