@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The CPU benchmark suite in both allocator regimes: the gate (fused, eager and compiled composition, bare
+# kernels, copy) and the PICNN head step (picnn_ext, authors, eager and compiled composition), then the tables.
+#
+#   bash benchmarks/run_cpu_suite.sh [OUTPUT_DIR]        # default: bench-out
+#
+# Regimes (glibc; the suite records them in each JSON, and report.py states them above each table):
+#   keep:    MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=4294967296, so freed memory is kept and
+#            reused: no page faults from fresh mappings; the ratios are those of the work done.
+#   default: glibc's defaults, what a training process sees unless told otherwise: blocks above the
+#            (dynamic) mmap threshold are mapped and unmapped per call, and their page faults vary run to run.
+# Switches: PYTHON (default .venv/bin/python), PICNN_SUITE_BENCHES (default "gate picnn_step"),
+# PICNN_SUITE_REGIMES (default "keep default").
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:-bench-out}
+PYTHON=${PYTHON:-.venv/bin/python}
+BENCHES=${PICNN_SUITE_BENCHES:-gate picnn_step}
+REGIMES=${PICNN_SUITE_REGIMES:-keep default}
+mkdir -p "$OUT"
+status=0
+
+declare -A FILES=([gate]=benchmarks/bench_bernoulli_gate.py [picnn_step]=benchmarks/bench_picnn_step.py)
+for regime in $REGIMES; do
+  case $regime in
+    keep) env_vars=(MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=4294967296) ;;
+    default) env_vars=() ;;
+    *) echo "unknown regime $regime (keep or default)"; exit 2 ;;
+  esac
+  for bench in $BENCHES; do
+    json="$OUT/$bench-$regime.json"
+    echo "=== $bench, allocator regime $regime ==="
+    if ! env -u MALLOC_MMAP_THRESHOLD_ -u MALLOC_TRIM_THRESHOLD_ "${env_vars[@]}" \
+        "$PYTHON" -m pytest "${FILES[$bench]}" -q -p no:cacheprovider --benchmark-json="$json"; then
+      echo "FAILED: $bench ($regime)"; status=1
+    fi
+  done
+done
+jsons=$(ls "$OUT"/*.json 2>/dev/null)
+if [ -n "$jsons" ]; then
+  # shellcheck disable=SC2086
+  "$PYTHON" benchmarks/report.py $jsons --out "$OUT/tables.md" || status=1
+fi
+exit $status
