@@ -148,7 +148,8 @@ def render(path) -> str:
     cpu = machine.get("cpu", {})
     device = machine.get("gpu") or f"{cpu.get('brand_raw', machine.get('processor', '?'))}, {cpu.get('count', '?')} CPUs"
     header = (f"Device: {device}; torch {machine.get('torch', '?')} ({machine.get('torch_threads', '?')} threads); "
-              f"allocator: {allocator_regime(machine)}; run {when}")
+              f"allocator: {allocator_regime(machine)}; timer {machine.get('benchmark_timer', 'default')}; "
+              f"load average at start {machine.get('load_average', '?')}; run {when}")
     parts = [header]
     if rows:
         parts.append(table(rows, copies))

@@ -10,7 +10,11 @@
 #   default: glibc's defaults, what a training process sees unless told otherwise: blocks above the
 #            (dynamic) mmap threshold are mapped and unmapped per call, and their page faults vary run to run.
 # Switches: PYTHON (default .venv/bin/python), PICNN_SUITE_BENCHES (default "gate picnn_step"),
-# PICNN_SUITE_REGIMES (default "keep default").
+# PICNN_SUITE_REGIMES (default "keep default"), PICNN_SUITE_TIMER:
+#   wall (default): wall-clock time with torch's default threads (2 here), what a quiet machine shows;
+#   cpu: one thread (OMP_NUM_THREADS=1) timed by process CPU time (--benchmark-timer=time.process_time), which
+#        time slices given to other processes do not inflate: on a 2-core machine shared with other jobs, wall
+#        medians of multi-threaded runs snap to multiples of the scheduler's time slice.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-bench-out}
@@ -19,6 +23,11 @@ BENCHES=${PICNN_SUITE_BENCHES:-gate picnn_step}
 REGIMES=${PICNN_SUITE_REGIMES:-keep default}
 mkdir -p "$OUT"
 status=0
+timer_args=()
+if [ "${PICNN_SUITE_TIMER:-wall}" = cpu ]; then
+  export OMP_NUM_THREADS=1
+  timer_args=(--benchmark-timer=time.process_time)
+fi
 
 declare -A FILES=([gate]=benchmarks/bench_bernoulli_gate.py [picnn_step]=benchmarks/bench_picnn_step.py)
 for regime in $REGIMES; do
@@ -31,7 +40,7 @@ for regime in $REGIMES; do
     json="$OUT/$bench-$regime.json"
     echo "=== $bench, allocator regime $regime ==="
     if ! env -u MALLOC_MMAP_THRESHOLD_ -u MALLOC_TRIM_THRESHOLD_ "${env_vars[@]}" \
-        "$PYTHON" -m pytest "${FILES[$bench]}" -q -p no:cacheprovider --benchmark-json="$json"; then
+        "$PYTHON" -m pytest "${FILES[$bench]}" -q -p no:cacheprovider "${timer_args[@]}" --benchmark-json="$json"; then
       echo "FAILED: $bench ($regime)"; status=1
     fi
   done
