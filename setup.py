@@ -72,7 +72,7 @@ def extensions():
           f"FORCE_CUDA={int(force_cuda)}, MAX_JOBS={os.environ.get('MAX_JOBS', 'default')}, debug={int(debug)}")
 
     sources = lambda pattern: sorted(str(p.relative_to(ROOT)) for p in CSRC.glob(pattern))  # noqa: E731
-    modules = [CppExtension("picnn_ext._C", ["csrc/picnn.cpp"] + sources("cpu/*.cpp"),
+    modules = [CppExtension("picnn_ext._C", ["csrc/picnn.cpp"] + sources("autograd/*.cpp") + sources("cpu/*.cpp"),
                             extra_compile_args={"cxx": cxx_flags}, extra_link_args=link_flags)]
     if build_cuda:
         nvcc_flags = opt + ["-std=c++20", "--expt-relaxed-constexpr", "-lineinfo"]

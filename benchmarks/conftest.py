@@ -19,3 +19,6 @@ def pytest_benchmark_update_machine_info(config, machine_info):
     machine_info["picnn_ext_cpu_compiled"] = info["cpu_compiled"]
     machine_info["picnn_ext_cuda_compiled"] = info["cuda_compiled"]
     machine_info["malloc_env"] = {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")}
+    machine_info["ld_preload"] = os.environ.get("LD_PRELOAD", "")
+    machine_info["benchmark_timer"] = str(config.getoption("benchmark_timer", None) or "default")
+    machine_info["load_average"] = os.getloadavg()

@@ -1,7 +1,16 @@
-"""The workloads of the gate benchmarks: the fused op and the pure-PyTorch composition it replaces.
+"""The workloads of the gate benchmarks: the fused op against the pure-PyTorch composition it replaces, run
+eagerly and through torch.compile (the two things a user without picnn_ext would reach for).
 
-The composition is what a user writes without picnn_ext (DESIGN.md section 2):
+The composition (DESIGN.md section 2):
     y = x * (p + sg(bernoulli(p) - p))[..., None, None]
+
+Implementations (`make_step`):
+- `fused`: picnn_ext.ops.bernoulli_gate, autograd included.
+- `eager`: the composition, op by op.
+- `compile`: torch.compile(composition) with the default inductor backend; compilation happens in the
+  warm-up call, timed apart (`compile_seconds`).
+- `kernels` (forward+backward only): the fused forward and backward ops called directly, without autograd:
+  the kernels' own time, so that `fused - kernels` is the per-call overhead of autograd and the wrapper.
 """
 from __future__ import annotations
 
@@ -16,8 +25,8 @@ from picnn_ext import ops
 class GateCase:
     device: str
     dtype: torch.dtype
-    shape: tuple  # (B, K, H, W) or tokens (B, N, K)
-    layout: str  # "contiguous", "channels_last" or "tokens"
+    shape: tuple  # (B, K, H, W), pooled (B, K) or tokens (B, N, K)
+    layout: str  # "contiguous", "channels_last", "pooled" or "tokens"
 
     @property
     def channel_dim(self) -> int:
@@ -48,6 +57,13 @@ class GateCase:
         return 5 * self.numel * self.element_size
 
     @property
+    def compiled_competitor(self) -> bool:
+        """Whether torch.compile of the composition is timed for this case: every CPU case; on a GPU the
+        float32 maps at K=2048 and the tokens (tens of seconds of compilation each)."""
+        return self.device == "cpu" or (self.dtype == torch.float32 and self.shape in ((256, 2048, 14, 14),
+                                                                                     (256, 197, 768)))
+
+    @property
     def numel(self) -> int:
         n = 1
         for d in self.shape:
@@ -71,13 +87,40 @@ def fused_forward(x, p, channel_dim):
     return ops.bernoulli_gate(x, p, channel_dim=channel_dim)[0]
 
 
-IMPLEMENTATIONS = {"fused": fused_forward, "composition": composition_forward}
+IMPLEMENTATIONS = ("fused", "eager", "compile")
+
+
+def _forward(impl: str):
+    if impl == "fused":
+        return fused_forward
+    if impl == "eager":
+        return composition_forward
+    if impl == "compile":
+        torch._dynamo.reset()  # every case compiles afresh: its compile time is its own
+        return torch.compile(composition_forward, fullgraph=True)
+    raise ValueError(f"unknown implementation {impl!r}")
+
+
+def make_kernels_step(case: GateCase):
+    """The fused forward and backward kernels alone: no autograd node, no Python wrapper."""
+    x, p, grad_y = case.tensors()
+    x, p = x.detach(), p.detach()
+    forward, backward = torch.ops.picnn.bernoulli_gate.default, torch.ops.picnn.bernoulli_gate_backward.default
+    sync = torch.cuda.synchronize if case.device == "cuda" else (lambda: None)
+
+    def step():
+        _, mask = forward(x, p, True, None, None, case.channel_dim)
+        backward(grad_y, x, mask, case.channel_dim)
+        sync()
+    return step
 
 
 def make_step(case: GateCase, impl: str, backward: bool):
     """A function running one forward (and backward) of `impl`, synchronised on CUDA so wall time is device time."""
+    if impl == "kernels":
+        return make_kernels_step(case)
     x, p, grad_y = case.tensors()
-    forward = IMPLEMENTATIONS[impl]
+    forward = _forward(impl)
     sync = torch.cuda.synchronize if case.device == "cuda" else (lambda: None)
 
     if backward:
@@ -106,9 +149,11 @@ def make_copy(case: GateCase):
 
 
 def default_cases() -> list[GateCase]:
-    """The CPU case of the core issue, and the GPU cases where a GPU is present."""
+    """The CPU cases (maps of the core issue in both layouts, the pooled features PICNN's default head gates on
+    every step, ViT tokens), and the GPU cases where a GPU is present."""
     cases = [GateCase("cpu", torch.float32, (64, 512, 14, 14), layout) for layout in ("contiguous", "channels_last")]
-    cases.append(GateCase("cpu", torch.float32, (64, 197, 384), "tokens"))
+    cases.append(GateCase("cpu", torch.float32, (128, 64), "pooled"))
+    cases.append(GateCase("cpu", torch.float32, (32, 197, 768), "tokens"))
     if torch.cuda.is_available():
         for dtype in (torch.float32, torch.bfloat16, torch.float16):
             for shape in ((256, 2048, 14, 14), (256, 512, 14, 14), (256, 2048, 7, 7), (256, 64, 56, 56)):

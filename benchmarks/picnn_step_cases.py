@@ -10,6 +10,8 @@ head's parameters and the features `A` (B, K, H, W) (a real step continues into 
 - `composition`: the best pure-PyTorch version without the package: the masks gate the pooled (B, K)
   features (pooling is linear, so no masked copy of `A`), the positive samples are weighted instead of
   selected (no host synchronisation), straight-through by `p + (m - p).detach()`.
+- `compile`: `torch.compile` of `composition` (default inductor backend), what a user would try next; it
+  compiles in the warm-up step, timed apart by the benchmark.
 
 All three share the same parameters (copied from one PICNNHead), so their discrimination logits agree and
 their losses agree in expectation over the random draws; `check_losses` tests that.
@@ -144,7 +146,8 @@ class PackageHead(nn.Module):
         return out.logits, out.loss
 
 
-IMPLEMENTATIONS = ("picnn_ext", "authors", "composition")
+IMPLEMENTATIONS = ("picnn_ext", "authors", "composition")  # the eager ones, which check_losses compares
+BENCHMARKED = IMPLEMENTATIONS + ("compile",)
 
 
 def make_heads(case: StepCase, seed: int = 0) -> dict[str, nn.Module]:
@@ -161,7 +164,11 @@ def make_step(case: StepCase, impl: str, sync: bool = True):
     With `sync` (for timing), it ends with torch.cuda.synchronize() on CUDA so that wall time is device time.
     The gradients are returned by torch.autograd.grad rather than accumulated, so a step leaves no state.
     """
-    module = make_heads(case)[impl]
+    if impl == "compile":
+        torch._dynamo.reset()  # every case compiles afresh: its compile time is its own
+        module = torch.compile(make_heads(case)["composition"])
+    else:
+        module = make_heads(case)[impl]
     A, targets = case.inputs()
     differentiated = [A, *module.parameters()]
     synchronize = torch.cuda.synchronize if (sync and case.device == "cuda") else (lambda: None)

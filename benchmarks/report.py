@@ -5,9 +5,11 @@
 Each file gets a line saying what it was measured on, then its tables:
 
 - bernoulli_gate results (bench_bernoulli_gate.py: extra_info with a direction and the bytes moved): per case
-  the median time of the fused op and of the pure-PyTorch composition, the speed-up (composition / fused),
-  the fused op's achieved GB/s for the bytes it must move, and that as a fraction of the measured copy
-  bandwidth of the same tensor.
+  the median time of the fused op, of the pure-PyTorch composition run eagerly and under torch.compile
+  (compilation excluded; its time in a table of its own), the ratios eager / fused and compile / fused (above
+  1: the fused op is faster), for forward+backward the bare kernels' time and the per-call overhead
+  fused - kernels, and the fused op's achieved GB/s for the bytes it must move against the copy bandwidth of
+  the same tensor measured in the same run (so in the same allocator regime).
 - every other benchmark group (bench_picnn_step.py, bench_mutual_information.py, ...): one row per group,
   the median of each implementation (extra_info["impl"], else the test's name) and its time as a multiple of
   the baseline's: picnn_ext or fused where the group has it, else the first one run. "3.00x" means the
@@ -25,15 +27,19 @@ MIB = 2**20
 
 
 def load(path):
-    """machine info, date, gate rows, copy bandwidths, and the other groups ({group: {impl: benchmark}})."""
+    """machine info, date, gate rows, copy bandwidths, the other groups ({group: {impl: benchmark}}), and the
+    first-call times of torch.compile ({group: seconds})."""
     with open(path) as f:
         data = json.load(f)
     rows = defaultdict(dict)  # (direction, case) -> impl -> (median seconds, bytes)
     copies = {}
     groups = {}  # insertion-ordered: the order the benchmarks ran
+    compile_times = {}
     for bench in data["benchmarks"]:
         info = bench.get("extra_info") or {}
         median = bench["stats"]["median"]
+        if "compile_seconds" in info:
+            compile_times[bench.get("group") or bench["name"]] = info["compile_seconds"]
         if "direction" in info:  # a bernoulli_gate result
             if info["impl"] == "copy":
                 copies[info["case"]] = info["bytes"] / median
@@ -42,24 +48,46 @@ def load(path):
             continue
         group = bench.get("group") or bench["fullname"].split("::")[0]
         groups.setdefault(group, {})[info.get("impl", bench["name"])] = bench
-    return data.get("machine_info", {}), data.get("datetime"), rows, copies, groups
+    return data.get("machine_info", {}), data.get("datetime"), rows, copies, groups, compile_times
+
+
+def _ms(seconds) -> str:
+    return f"{seconds * 1e3:.3f}" if seconds is not None else "-"
+
+
+def _ratio(numerator, denominator) -> str:
+    return f"{numerator / denominator:.2f}x" if numerator is not None and denominator else "-"
 
 
 def table(rows, copies) -> str:
     """The bernoulli_gate table (see the module docstring)."""
-    lines = ["| direction | case | fused (ms) | composition (ms) | speed-up | fused GB/s | copy GB/s | of copy |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| direction | case | fused (ms) | eager (ms) | compile (ms) | eager / fused | compile / fused "
+             "| kernels (ms) | overhead (µs) | fused GB/s | copy GB/s | of copy |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for (direction, case), impls in sorted(rows.items()):
-        if "fused" not in impls or "composition" not in impls:
+        if "fused" not in impls:
             continue
         fused, moved = impls["fused"]
-        composition, _ = impls["composition"]
+        median = {name: impls[name][0] if name in impls else None
+                  for name in ("eager", "composition", "compile", "kernels")}
+        eager = median["eager"] if median["eager"] is not None else median["composition"]  # older results
+        kernels = median["kernels"]
+        overhead = f"{(fused - kernels) * 1e6:.1f}" if kernels is not None else "-"
         achieved = moved / fused / 1e9
         copy = copies.get(case)
         copy_text = f"{copy / 1e9:.1f}" if copy else "-"
         fraction = f"{achieved / (copy / 1e9):.0%}" if copy else "-"
-        lines.append(f"| {direction} | {case} | {fused * 1e3:.3f} | {composition * 1e3:.3f} | "
-                     f"{composition / fused:.2f}x | {achieved:.1f} | {copy_text} | {fraction} |")
+        lines.append(f"| {direction} | {case} | {_ms(fused)} | {_ms(eager)} | {_ms(median['compile'])} | "
+                     f"{_ratio(eager, fused)} | {_ratio(median['compile'], fused)} | {_ms(kernels)} | {overhead} | "
+                     f"{achieved:.1f} | {copy_text} | {fraction} |")
+    return "\n".join(lines)
+
+
+def compile_table(compile_times) -> str:
+    """torch.compile's first call (compilation included) per benchmark, in seconds."""
+    lines = ["torch.compile: first call, compilation included (not in the medians above)", "",
+             "| benchmark | first call (s) |", "|---|---:|"]
+    lines += [f"| {name} | {seconds:.1f} |" for name, seconds in compile_times.items()]
     return "\n".join(lines)
 
 
@@ -116,16 +144,31 @@ def ratio_tables(groups) -> list[str]:
 
 
 def render(path) -> str:
-    machine, when, rows, copies, groups = load(path)
+    machine, when, rows, copies, groups, compile_times = load(path)
     cpu = machine.get("cpu", {})
     device = machine.get("gpu") or f"{cpu.get('brand_raw', machine.get('processor', '?'))}, {cpu.get('count', '?')} CPUs"
     header = (f"Device: {device}; torch {machine.get('torch', '?')} ({machine.get('torch_threads', '?')} threads); "
-              f"malloc settings {machine.get('malloc_env') or 'default'}; run {when}")
+              f"allocator: {allocator_regime(machine)}; timer {machine.get('benchmark_timer', 'default')}; "
+              f"load average at start {machine.get('load_average', '?')}; run {when}")
     parts = [header]
     if rows:
         parts.append(table(rows, copies))
     parts.extend(ratio_tables(groups))
+    if compile_times:
+        parts.append(compile_table(compile_times))
     return "\n\n".join(parts)
+
+
+def allocator_regime(machine) -> str:
+    """The allocator settings the run was made under, in words."""
+    preload = machine.get("ld_preload")
+    malloc = machine.get("malloc_env") or {}
+    if preload:
+        return f"LD_PRELOAD={preload}"
+    if malloc:
+        settings = " ".join(f"{key}={value}" for key, value in sorted(malloc.items()))
+        return f"glibc, {settings} (freed memory kept, no page faults from fresh mappings)"
+    return "glibc defaults (large blocks mapped and unmapped per call)"
 
 
 def main(argv=None):

@@ -1,6 +1,6 @@
 // All op schemas of picnn_ext in one place, plus the build-info op. The kernels register themselves
-// at the bottom of cpu/*.cpp and cuda/*.cu; the fake (meta) kernels and autograd are registered from
-// Python (picnn_ext/_registration.py), as pytorch/extension-cpp does.
+// at the bottom of cpu/*.cpp and cuda/*.cu, autograd (device-agnostic, in C++) at the bottom of
+// autograd/*.cpp; the fake (meta) kernels are registered from Python (picnn_ext/_registration.py).
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
 #include <torch/library.h>

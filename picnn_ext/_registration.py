@@ -1,9 +1,10 @@
 """Registration of the ops with the PyTorch dispatcher: the pure-PyTorch backend, fake (meta) kernels and
-autograd, for a namespace.
+Python autograd, for a namespace.
 
 Two namespaces exist:
-- `picnn`: the compiled ops (schemas in csrc/picnn.cpp). Where a compiled part is missing, the pure-PyTorch
-  kernels fill in for it, so `torch.ops.picnn.*` always works.
+- `picnn`: the compiled ops (schemas in csrc/picnn.cpp, autograd in C++ in csrc/autograd/; the fakes come
+  from here). Where a compiled part is missing, the pure-PyTorch kernels fill in for it, so
+  `torch.ops.picnn.*` always works.
 - `picnn_py`: the pure-PyTorch backend alone, always registered, so that it can be forced
   (PICNN_EXT_BACKEND=python) and compared with the compiled one in the same process.
 """
@@ -33,6 +34,10 @@ PYTHON_KERNELS = {
     "sample_class_backward": reference.sample_class_backward,
     "philox_uniform": reference.philox_uniform,
 }
+
+# The ops with a gradient; their backward ops are not differentiable themselves (double backward goes through
+# the reference formulas instead, see register_python_autograd and csrc/autograd/).
+DIFFERENTIABLE_OPS = ("bernoulli_gate", "sample_class")
 
 # torch.library.Library objects unregister their ops when collected: keep them for the process's life.
 _LIBRARIES: list = []
@@ -76,38 +81,57 @@ FAKE_KERNELS = {
 }
 
 
-# ---- autograd: the straight-through backward of each op, through the same namespace's backward op ----
+# ---- autograd in Python: the straight-through backward of each op, through the same namespace's backward op ----
+# The compiled library registers its own autograd in C++ (csrc/autograd/); this one serves the pure-PyTorch
+# namespaces. When the backward is itself recorded (create_graph=True, grad mode on inside the backward), it
+# is computed by the differentiable reference formulas, the gate's with the straight-through mask
+# p + sg(mask - p), so higher derivatives are those of the composition x * (p + sg(mask - p)) on every backend.
 
-def _register_autograd(namespace: str) -> None:
+def register_python_autograd(namespace: str) -> None:
     ops = getattr(torch.ops, namespace)
 
     def gate_setup_context(ctx, inputs, output):
-        x, _p, _hard, _noise, _generator, channel_dim = inputs
+        x, p, _hard, _noise, _generator, channel_dim = inputs
         _y, mask = output
-        ctx.save_for_backward(x, mask)
+        ctx.save_for_backward(x, p, mask)
         ctx.channel_dim = channel_dim
         ctx.mark_non_differentiable(mask)
+        ctx.set_materialize_grads(False)
 
     def gate_backward(ctx, grad_y, _grad_mask):
-        x, mask = ctx.saved_tensors
+        x, p, mask = ctx.saved_tensors
         if grad_y is None:
             return None, None, None, None, None, None
-        grad_x, grad_p = ops.bernoulli_gate_backward(grad_y, x, mask, ctx.channel_dim)
+        if torch.is_grad_enabled():
+            straight_through = p + (mask - p).detach()
+            grad_x, grad_p = reference.bernoulli_gate_backward(grad_y, x, straight_through, ctx.channel_dim)
+        else:
+            grad_x, grad_p = ops.bernoulli_gate_backward(grad_y, x, mask, ctx.channel_dim)
         return grad_x, grad_p, None, None, None, None
 
     def sample_setup_context(ctx, inputs, output):
         logits, _noise, _generator = inputs
         ctx.save_for_backward(logits)
         ctx.mark_non_differentiable(output[1])
+        ctx.set_materialize_grads(False)
 
     def sample_backward(ctx, grad_onehot, _grad_index):
         (logits,) = ctx.saved_tensors
         if grad_onehot is None:
             return None, None, None
-        return ops.sample_class_backward(grad_onehot, logits), None, None
+        backward = reference.sample_class_backward if torch.is_grad_enabled() else ops.sample_class_backward
+        return backward(grad_onehot, logits), None, None
 
     torch.library.register_autograd(f"{namespace}::bernoulli_gate", gate_backward, setup_context=gate_setup_context)
     torch.library.register_autograd(f"{namespace}::sample_class", sample_backward, setup_context=sample_setup_context)
+
+
+def has_autograd_kernels(namespace: str) -> bool:
+    """Whether every differentiable op of `namespace` has an autograd kernel (for the compiled namespace,
+    before any is registered from here: the C++ one of csrc/autograd/, which a library built before it
+    existed lacks)."""
+    return all(torch._C._dispatch_has_kernel_for_dispatch_key(f"{namespace}::{name}", "Autograd")
+               for name in DIFFERENTIABLE_OPS)
 
 
 def define_python_namespace(namespace: str) -> None:
@@ -117,7 +141,8 @@ def define_python_namespace(namespace: str) -> None:
     for name, schema in SCHEMAS.items():
         library.define(schema)
         library.impl(name, PYTHON_KERNELS[name], "CompositeExplicitAutograd")
-    register_fakes_and_autograd(namespace)
+    register_fakes(namespace)
+    register_python_autograd(namespace)
 
 
 def fill_in_python_kernels(namespace: str, dispatch_key: str) -> None:
@@ -128,7 +153,6 @@ def fill_in_python_kernels(namespace: str, dispatch_key: str) -> None:
         library.impl(name, PYTHON_KERNELS[name], dispatch_key)
 
 
-def register_fakes_and_autograd(namespace: str) -> None:
+def register_fakes(namespace: str) -> None:
     for name, fake in FAKE_KERNELS.items():
         torch.library.register_fake(f"{namespace}::{name}", fake)
-    _register_autograd(namespace)

@@ -21,7 +21,9 @@ __all__ = ["bernoulli_gate", "sample_class", "philox_uniform", "backend_for"]
 
 _registration.define_python_namespace("picnn_py")
 if _ext.CPU_LIBRARY.loaded:
-    _registration.register_fakes_and_autograd("picnn")
+    _registration.register_fakes("picnn")
+    if not _registration.has_autograd_kernels("picnn"):  # a library built before csrc/autograd/ existed
+        _registration.register_python_autograd("picnn")
     if not _ext.CUDA_LIBRARY.loaded:
         _registration.fill_in_python_kernels("picnn", "CUDA")
 else:
@@ -52,9 +54,19 @@ def backend_for(device: torch.device | str, *, warn: bool = True) -> str:
     return "python"
 
 
+_NATIVE_OPS, _PYTHON_OPS = torch.ops.picnn, torch.ops.picnn_py
+_NATIVE_SETTINGS = ("auto", "native")
+
+
 def _ops(tensor, op: str, name: str):
-    check_tensor(tensor, op, name)
-    return torch.ops.picnn if backend_for(tensor.device) == "native" else torch.ops.picnn_py
+    """The namespace serving `tensor`. A gate on a (B, K) tensor takes a few microseconds, so the common case
+    (compiled CPU kernels, setting auto or native) is answered first, from the same state backend_for reads."""
+    if not isinstance(tensor, torch.Tensor):
+        check_tensor(tensor, op, name)
+    device_type = tensor.device.type
+    if device_type == "cpu" and _ext.CPU_LIBRARY.loaded and _ext.BACKEND in _NATIVE_SETTINGS:
+        return _NATIVE_OPS
+    return _NATIVE_OPS if backend_for(device_type) == "native" else _PYTHON_OPS
 
 
 def bernoulli_gate(x: torch.Tensor, p: torch.Tensor, *, hard: bool = True, noise: torch.Tensor | None = None,

@@ -18,7 +18,7 @@ pytest.importorskip("matplotlib")
 from picnn_ext.report.figures import filter_clusters, filter_order  # noqa: E402  (needs matplotlib)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-FIGURES = ("p_matrix.png", "mi_matrix.png", "activation_maps.png", "training_curves.png")
+FIGURES = ("p_matrix.png", "mi_matrix.png", "activation_maps.png", "class_car.png", "training_curves.png")
 
 
 @pytest.fixture(scope="module")
@@ -109,5 +109,24 @@ def test_report_of_a_csg_run_shows_its_gates(tmp_path):
     text = open(path, encoding="utf-8").read()
     assert "Class-specific gates G" in text and "mean G" in text and "L1 density" in text
     assert "CSG warm-up 1 epochs" in text and "mean P" not in text
+    assert "Class-wise CAR" in text and "the one G assigns them" in text
     with open(tmp_path / "report" / "p_matrix.png", "rb") as handle:
         assert handle.read(8) == PNG_MAGIC
+
+
+def test_car_agreement_of_a_run_reads_p_against_class_wise_car(finished_run):
+    import torch
+    from torch.utils.data import DataLoader
+
+    from picnn_ext.car import filter_importance
+    from picnn_ext.report.car_report import car_agreement
+    from picnn_ext.train import load_trained_model
+
+    run_dir, splits = finished_run
+    model, _ = load_trained_model(run_dir, splits)
+    class_car = filter_importance(model, DataLoader(splits.test, batch_size=50)).class_car  # (K, C)
+    # Written out: a filter agrees when its largest class-wise CAR is positive and sits at P's argmax.
+    best = class_car.argmax(dim=1)
+    agrees = (class_car.max(dim=1).values > 0) & (best == model.head.P.argmax(dim=0))
+    expected = agrees.double().mean().item()
+    assert car_agreement(run_dir, splits) == {"car_agreement": pytest.approx(expected)}

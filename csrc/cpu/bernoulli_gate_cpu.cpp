@@ -42,34 +42,90 @@ at::Tensor philox_uniform_cpu(const at::Tensor& like, int64_t seed, int64_t offs
   return u;
 }
 
-// mask[i] = (u_i < p_i) for hard, p_i for soft, over blocks simple enough to vectorise: check, draw,
-// compare. u is `uniform` when given, else Philox keyed by the element index. Returns the index of the
-// first p that is not a probability (NaN or outside [0, 1]), or n when all are.
+// Whether p[0..n) are all probabilities (false for NaN too): a mask bit per element, OR-reduced, so that the
+// loop vectorises (a short-circuit && chain does not).
+template <typename scalar_t>
+PICNN_MULTIVERSION bool all_probabilities(const scalar_t* p, int64_t n) {
+  using acc_t = opmath_t<scalar_t>;
+  int bad = 0;
+#pragma omp simd reduction(| : bad)
+  for (int64_t i = 0; i < n; ++i) {
+    const acc_t v = static_cast<acc_t>(p[i]);
+    bad |= static_cast<int>(!(v >= acc_t(0))) | static_cast<int>(!(v <= acc_t(1)));
+  }
+  return bad == 0;
+}
+
+// Uniforms of Philox blocks first_block .. first_block + kPhiloxLanes (offset 0), four per block, in
+// element order. The blocks run side by side as lanes (structure of arrays), which vectorises the
+// 32x32->64-bit products; philox_block() computes the same words one block at a time.
+constexpr int kPhiloxLanes = 16;
+
+PICNN_MULTIVERSION void philox_uniform_lanes(uint64_t seed, uint64_t first_block, float* out) {
+  uint32_t c0[kPhiloxLanes], c1[kPhiloxLanes], c2[kPhiloxLanes], c3[kPhiloxLanes];
+  for (int l = 0; l < kPhiloxLanes; ++l) {
+    const uint64_t block = first_block + static_cast<uint64_t>(l);
+    c0[l] = 0;  // counter (offset / 4, block) with offset 0
+    c1[l] = 0;
+    c2[l] = static_cast<uint32_t>(block);
+    c3[l] = static_cast<uint32_t>(block >> 32);
+  }
+  uint32_t key0 = static_cast<uint32_t>(seed), key1 = static_cast<uint32_t>(seed >> 32);
+  for (int round = 0; round < 10; ++round) {
+#pragma omp simd
+    for (int l = 0; l < kPhiloxLanes; ++l) {
+      const uint64_t product0 = static_cast<uint64_t>(kPhiloxM0) * c0[l];
+      const uint64_t product1 = static_cast<uint64_t>(kPhiloxM1) * c2[l];
+      const uint32_t next0 = static_cast<uint32_t>(product1 >> 32) ^ c1[l] ^ key0;
+      const uint32_t next2 = static_cast<uint32_t>(product0 >> 32) ^ c3[l] ^ key1;
+      c1[l] = static_cast<uint32_t>(product1);
+      c3[l] = static_cast<uint32_t>(product0);
+      c0[l] = next0;
+      c2[l] = next2;
+    }
+    key0 += kPhiloxW0;
+    key1 += kPhiloxW1;
+  }
+  for (int l = 0; l < kPhiloxLanes; ++l) {
+    out[4 * l] = word_to_uniform(c0[l]);
+    out[4 * l + 1] = word_to_uniform(c1[l]);
+    out[4 * l + 2] = word_to_uniform(c2[l]);
+    out[4 * l + 3] = word_to_uniform(c3[l]);
+  }
+}
+
+// out = (u < p) as 0/1.
+template <typename scalar_t, typename u_t>
+PICNN_MULTIVERSION void threshold_row(const scalar_t* p, const u_t* u, scalar_t* out, int64_t n) {
+  using acc_t = opmath_t<scalar_t>;
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    out[i] = static_cast<acc_t>(u[i]) < static_cast<acc_t>(p[i]) ? scalar_t(1) : scalar_t(0);
+  }
+}
+
+// mask[i] = (u_i < p_i) for hard, p_i for soft, block by block: check, draw, compare. u is `uniform` when
+// given, else Philox keyed by the element index. Returns the index of the first p that is not a
+// probability (NaN or outside [0, 1]), or n when all are.
 template <typename scalar_t>
 int64_t draw_mask(const scalar_t* prob, const opmath_t<scalar_t>* uniform, uint64_t seed, bool hard, scalar_t* out,
                   int64_t n) {
-  using acc_t = opmath_t<scalar_t>;
-  constexpr int64_t kBlock = 512;
+  constexpr int64_t kBlock = 512;  // a multiple of 4 * kPhiloxLanes
   std::atomic<int64_t> first_bad{n};
-  // Parallel over whole blocks, so that every block starts on a multiple of 4 (a Philox block).
+  // Parallel over whole blocks, so that every block starts on a multiple of 4 (a Philox block). Drawing is
+  // compute-bound (ten Philox rounds per four elements), so it pays for threads sooner than the memory-bound
+  // loops, but not below tens of thousands of elements: a small gate stays on the calling thread.
   const int64_t blocks = (n + kBlock - 1) / kBlock;
-  // Drawing is compute-bound (ten Philox rounds per four elements): smaller tasks than the memory-bound loops.
-  constexpr int64_t kDrawGrainBlocks = 8;
-  at::parallel_for(0, blocks, kDrawGrainBlocks, [&](int64_t first, int64_t last) {
-    float drawn[kBlock];
+  const int64_t grain_blocks = hard && !uniform ? 32 : kGrainElements / kBlock;
+  at::parallel_for(0, blocks, grain_blocks, [&](int64_t first, int64_t last) {
+    alignas(64) float drawn[kBlock];
     for (int64_t block = first; block < last; ++block) {
       const int64_t start = block * kBlock;
       const int64_t len = std::min(kBlock, n - start);
       const scalar_t* pb = prob + start;
-      bool valid = true;
-#pragma omp simd reduction(&& : valid)
-      for (int64_t i = 0; i < len; ++i) {
-        const acc_t v = static_cast<acc_t>(pb[i]);
-        valid = valid && v >= acc_t(0) && v <= acc_t(1);  // false for NaN too
-      }
-      if (!valid) {
+      if (!all_probabilities(pb, len)) {
         int64_t i = 0;
-        while (static_cast<acc_t>(pb[i]) >= acc_t(0) && static_cast<acc_t>(pb[i]) <= acc_t(1)) ++i;
+        while (all_probabilities(pb + i, 1)) ++i;
         int64_t seen = first_bad.load();
         while (start + i < seen && !first_bad.compare_exchange_weak(seen, start + i)) {
         }
@@ -78,20 +134,13 @@ int64_t draw_mask(const scalar_t* prob, const opmath_t<scalar_t>* uniform, uint6
       scalar_t* ob = out + start;
       if (!hard) {
         std::copy(pb, pb + len, ob);
-        continue;
-      }
-      const acc_t* ub = uniform ? uniform + start : nullptr;
-      if (!ub) {
-#pragma omp simd
-        for (int64_t group = 0; group < kBlock / 4; ++group) {
-          const PhiloxBlock words = philox_block(seed, 0, static_cast<uint64_t>(start / 4 + group));
-          for (int w = 0; w < 4; ++w) drawn[4 * group + w] = word_to_uniform(words.v[w]);
+      } else if (uniform) {
+        threshold_row(pb, uniform + start, ob, len);
+      } else {
+        for (int64_t group = 0; group < len; group += 4 * kPhiloxLanes) {
+          philox_uniform_lanes(seed, static_cast<uint64_t>((start + group) / 4), drawn + group);
         }
-      }
-#pragma omp simd
-      for (int64_t i = 0; i < len; ++i) {
-        const acc_t u = ub ? ub[i] : static_cast<acc_t>(drawn[i]);
-        ob[i] = u < static_cast<acc_t>(pb[i]) ? scalar_t(1) : scalar_t(0);
+        threshold_row(pb, drawn, ob, len);
       }
     }
   });
@@ -209,7 +258,8 @@ void backward_columns(const scalar_t* gy, const scalar_t* x, const opmath_t<scal
                       opmath_t<scalar_t>* partial, int64_t B, int64_t S, int64_t K, int64_t chunks) {
   using acc_t = opmath_t<scalar_t>;
   const int64_t chunk_len = (S + chunks - 1) / chunks;
-  at::parallel_for(0, B * chunks, 1, [&](int64_t begin, int64_t end) {
+  // Tasks of at least kGrainElements elements: a (B, K) gradient of a few thousand stays on one thread.
+  at::parallel_for(0, B * chunks, row_grain(chunk_len * K), [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / chunks;
       acc_t* acc = partial + task * K;
@@ -229,6 +279,14 @@ int64_t column_chunks(int64_t B, int64_t S) {
   return std::max<int64_t>(1, std::min(S, (wanted_tasks + B - 1) / std::max<int64_t>(B, 1)));
 }
 
+// The (B, K) mask as the contiguous opmath-typed scale the row loops read; the mask itself when it already is
+// one (no dispatcher call on the hot path of small gates).
+at::Tensor as_opmath(const at::Tensor& mask, at::ScalarType x_dtype) {
+  const at::ScalarType acc = opmath_dtype(x_dtype);
+  if (mask.scalar_type() == acc && mask.is_contiguous()) return mask;
+  return mask.to(acc).contiguous();
+}
+
 std::tuple<at::Tensor, at::Tensor> bernoulli_gate_cpu(const at::Tensor& x, const at::Tensor& p, bool hard,
                                                        const std::optional<at::Tensor>& noise,
                                                        std::optional<at::Generator> generator, int64_t channel_dim) {
@@ -237,7 +295,7 @@ std::tuple<at::Tensor, at::Tensor> bernoulli_gate_cpu(const at::Tensor& x, const
   const at::Tensor x_c = to_gate_memory(x, layout);
   at::Tensor y = at::empty_like(x_c);
   if (x.numel() == 0) return {y, mask};
-  const at::Tensor scale = mask.to(opmath_dtype(x.scalar_type())).contiguous();
+  const at::Tensor scale = as_opmath(mask, x.scalar_type());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "bernoulli_gate_cpu", [&] {
     const auto* s = scale.data_ptr<opmath_t<scalar_t>>();
     if (layout.channels_innermost) {
@@ -259,9 +317,10 @@ std::tuple<at::Tensor, at::Tensor> bernoulli_gate_backward_cpu(const at::Tensor&
   const at::Tensor gy_c = to_gate_memory(grad_y, layout);
   at::Tensor grad_x = at::empty_like(x_c);
   const at::ScalarType acc_dtype = opmath_dtype(x.scalar_type());
-  at::Tensor grad_p = at::zeros({layout.batch, layout.channels}, mask.options().dtype(acc_dtype));
-  if (x.numel() == 0) return {grad_x, grad_p.to(mask.scalar_type())};
-  const at::Tensor scale = mask.to(acc_dtype).contiguous();
+  if (x.numel() == 0) return {grad_x, at::zeros({layout.batch, layout.channels}, mask.options())};
+  // Every element of grad_p is written below (a row's sum, or the chunks' sum).
+  at::Tensor grad_p = at::empty({layout.batch, layout.channels}, mask.options().dtype(acc_dtype));
+  const at::Tensor scale = as_opmath(mask, x.scalar_type());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "bernoulli_gate_backward_cpu", [&] {
     using acc_t = opmath_t<scalar_t>;
     const auto* g = gy_c.data_ptr<scalar_t>();
@@ -279,7 +338,7 @@ std::tuple<at::Tensor, at::Tensor> bernoulli_gate_backward_cpu(const at::Tensor&
       backward_rows(g, in, s, gx, gp, layout.batch * layout.channels, layout.positions);
     }
   });
-  return {grad_x, grad_p.to(mask.scalar_type())};
+  return {grad_x, grad_p.scalar_type() == mask.scalar_type() ? grad_p : grad_p.to(mask.scalar_type())};
 }
 
 }  // namespace

@@ -11,11 +11,11 @@ from __future__ import annotations
 import os
 from typing import Any, Dict, Optional
 
-import torch
 from torch.utils.data import DataLoader
 
 from ..car import assignment_agreement, filter_importance, prune
 from ..train import checkpoint as ckpt
+from ..train.methods import create_method
 from ..train.trainer import EVAL_BATCH_SIZE, load_trained_model
 
 CAR_FILE = "car.json"
@@ -27,14 +27,23 @@ def _loader(dataset) -> DataLoader:
     return DataLoader(dataset, batch_size=EVAL_BATCH_SIZE, shuffle=False)
 
 
-def _agreement(model, class_car) -> Dict[str, float]:
-    """Agreement of CAR's most important class with the class the head assigns each filter (P or G)."""
-    result = {}
-    for name in ("P", "G"):
-        assignment = getattr(getattr(model, "head", None), name, None)
-        if isinstance(assignment, torch.Tensor) and assignment.shape == class_car.t().shape:
-            result[name] = assignment_agreement(class_car, assignment.detach().cpu())
-    return result
+def _agreement(model, config, class_car) -> Dict[str, float]:
+    """Agreement of CAR's most important class with the class the method assigns each filter (P or G),
+    keyed by the matrix's symbol; empty for a method without such a matrix."""
+    assigned = create_method(config).filter_class_matrix(model)
+    if assigned is None:
+        return {}
+    symbol, matrix = assigned
+    return {symbol: assignment_agreement(class_car, matrix.detach().float().cpu())}
+
+
+def car_agreement(run_dir: str, splits=None) -> Dict[str, float]:
+    """``{"car_agreement": share}``: the share of the interpreted layer's filters whose most important class
+    by class-wise CAR on the test split is the class the run's P (PICNN, STD) or G (CSG) assigns them; ``{}``
+    for a method without a filter-class matrix. One pass over the test split (the closed form)."""
+    model, splits = load_trained_model(run_dir, splits)
+    agreement = _agreement(model, ckpt.load_config(run_dir), filter_importance(model, _loader(splits.test)).class_car)
+    return {"car_agreement": value for value in agreement.values()}
 
 
 def write_car_report(run_dir: str, out_dir: Optional[str] = None, *, layer: Optional[str] = None,
@@ -67,7 +76,7 @@ def write_car_report(run_dir: str, out_dir: Optional[str] = None, *, layer: Opti
         "decisions_split": "val", "reported_split": "test",
         "stop": {"keep": keep, "min_accuracy": min_accuracy, "per_round": per_round},
         "val": val_importance.to_dict(), "test": test_importance.to_dict(),
-        "agreement_test": _agreement(model, test_importance.class_car) if layer is None else {},
+        "agreement_test": _agreement(model, config, test_importance.class_car) if layer is None else {},
         "curve": curve,
         "pruned": {"num_filters": curve[-1]["num_filters"], "val_accuracy": curve[-1]["accuracy"],
                    "test_accuracy": curve[-1]["eval_accuracy"], "removed": removed,

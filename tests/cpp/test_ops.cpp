@@ -68,6 +68,29 @@ void test_sample_class() {
   expect(at::equal(onehot, at::one_hot(index, 7).to(at::kDouble)), "onehot is exact");
 }
 
+// A libtorch user differentiates through the ops without Python: the C++ autograd of csrc/autograd/.
+void test_autograd_without_python() {
+  const auto gate = op<GateFn>("picnn::bernoulli_gate");
+  const auto sample = op<SampleFn>("picnn::sample_class");
+  const at::Tensor x = at::randn({4, 6, 3, 3}, at::kDouble).requires_grad_(true);
+  const at::Tensor p = at::rand({4, 6}, at::kDouble).requires_grad_(true);
+  const at::Tensor noise = at::rand({4, 6}, at::kDouble);
+  const auto [y, mask] = gate.call(x, p, true, noise, std::nullopt, 1);
+  expect(y.requires_grad() && !mask.requires_grad(), "y has a gradient, the mask none");
+  const at::Tensor grad_y = at::randn_like(y);
+  y.backward(grad_y);
+  expect(at::allclose(x.grad(), grad_y * mask.view({4, 6, 1, 1}), 1e-12, 1e-12), "x.grad = grad_y * mask");
+  expect(at::allclose(p.grad(), (grad_y * x.detach()).sum({2, 3}), 1e-12, 1e-12), "p.grad = sum of grad_y * x");
+
+  const at::Tensor logits = at::randn({5, 7}, at::kDouble).requires_grad_(true);
+  const at::Tensor weight = at::randn({5, 7}, at::kDouble);
+  const auto [onehot, index] = sample.call(logits, at::rand({5}, at::kDouble), std::nullopt);
+  (onehot * weight).sum().backward();
+  const at::Tensor pi = at::softmax(logits.detach(), 1);
+  const at::Tensor expected = pi * (weight - (pi * weight).sum(1, true));
+  expect(at::allclose(logits.grad(), expected, 1e-12, 1e-12), "logits.grad is the softmax backward");
+}
+
 void test_bad_input_is_rejected() {
   const auto gate = op<GateFn>("picnn::bernoulli_gate");
   bool raised = false;
@@ -86,6 +109,7 @@ int main() {
   test_gate_forward_and_backward(at::MemoryFormat::Contiguous);
   test_gate_forward_and_backward(at::MemoryFormat::ChannelsLast);
   test_sample_class();
+  test_autograd_without_python();
   test_bad_input_is_rejected();
   std::printf("%d failure(s)\n", failures);
   return failures == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
