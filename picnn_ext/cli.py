@@ -80,7 +80,7 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
     option("--csg-init", "csg_init", "csg: initial value of every gate of G", type=float)
     option("--csg-density", "csg_density", "csg: L1 budget of G as a share of C*K", type=float)
     option("--csg-lam-reg", "csg_lam_reg", "csg: weight of the L1 hinge on G", type=float)
-    option("--gate-lr", "gate_lr", "csg: learning rate of G (default: --lr)", type=float)
+    option("--gate-lr", "gate_lr", "csg: learning rate of G", type=float)
     option("--out-dir", "out_dir", "folder of the run folders", metavar="DIR")
     option("--run-name", "run_name", "the run's folder name (default: METHOD-DATASET-seedSEED)")
     option("--device", "device", "auto, cpu, cuda or cuda:N")

@@ -6,7 +6,7 @@ others stay STD), so that the classifier keeps serving the ungated features that
 gates make the filters class-specific. Epoch e (counted from 1) is a CSG epoch when
 ``e > csg_warmup and (e - csg_warmup) % csg_period == 0``.
 
-G has a learning rate of its own (``gate_lr``, default ``lr``) and no weight decay: its regulariser is the
+G has a learning rate of its own (``gate_lr``, default 1e-2, see the config) and no weight decay: its regulariser is the
 L1 hinge of the CSG loss, and a decay would pull every gate towards 0 in the STD epochs too, where G gets
 no other gradient.
 """
