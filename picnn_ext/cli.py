@@ -21,6 +21,7 @@ from .data import DATASET_SPEC_HELP, load_dataset
 from .report import compare_table, seed_table, write_report
 from .train import NonFiniteLossError, TrainConfig, load_config, load_summary, train
 from .train.checkpoint import atomic_write_text
+from .train.methods import METHOD_NAMES
 
 # Errors that bad input causes (a wrong option, a missing or foreign file, a diverging run): the command
 # prints their message alone. Any other exception is a bug and keeps its traceback.
@@ -48,8 +49,8 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
             help_text = f"{help_text} (default: {default})"
         parser.add_argument(flag, dest=field, default=argparse.SUPPRESS, help=help_text, **kwargs)
 
-    option("--method", "method", "std (CE on the discrimination pathway) or picnn (plus the PICNN loss)",
-           choices=["std", "picnn"])
+    option("--method", "method", "std (CE on the discrimination pathway), picnn (plus the PICNN loss) or nnd "
+           "(every conv layer gated per input)", choices=list(METHOD_NAMES))
     option("--dataset", "dataset", f"data set: {DATASET_SPEC_HELP}", metavar="SPEC")
     option("--epochs", "epochs", "training epochs", type=int)
     option("--batch-size", "batch_size", "batch size per process", type=int)
@@ -61,6 +62,10 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
     option("--stages", "stages", "stages of the backbone (default: from the image size)", type=int)
     option("--num-filters", "num_filters", "K, filters of the interpreted layer", type=int)
     option("--lam", "lam", "lambda, weight of the interpretation loss (picnn)", type=float)
+    option("--lambda-s", "lambda_s", "NND: weight of the gates' sparsity", type=float)
+    option("--tau", "tau", "NND: the sparsity's target share of open gates per layer", type=float)
+    option("--lambda-m", "lambda_m", "NND: weight of the gates' information about the label", type=float)
+    option("--lambda-k", "lambda_k", "NND: weight of the alignment of gates and responses", type=float)
     option("--out-dir", "out_dir", "folder of the run folders", metavar="DIR")
     option("--run-name", "run_name", "the run's folder name (default: METHOD-DATASET-seedSEED)")
     option("--device", "device", "auto, cpu, cuda or cuda:N")

@@ -10,13 +10,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Dict, Type
 
 from .base import EvalOutputs, TrainingMethod, backbone_stages, build_backbone
+from .nnd import NNDMethod
 from .picnn import PICNNMethod, STDMethod
 
 if TYPE_CHECKING:
     from ..config import TrainConfig
 
 # Listed in the order tables show them: the baseline first.
-METHOD_CLASSES: Dict[str, Type[TrainingMethod]] = {cls.name: cls for cls in (STDMethod, PICNNMethod)}
+METHOD_CLASSES: Dict[str, Type[TrainingMethod]] = {cls.name: cls for cls in (STDMethod, PICNNMethod, NNDMethod)}
 METHOD_NAMES = tuple(METHOD_CLASSES)
 METHOD_HELP = "; ".join(f"'{name}': {cls.help}" for name, cls in METHOD_CLASSES.items())
 
