@@ -43,8 +43,10 @@ def alignment_loss(pooled: Sequence[torch.Tensor], gates: Sequence[torch.Tensor]
     """sum over layers of the batch mean of KL(softmax(a_l) || softmax(g_l)), over the K_l filters."""
     total = 0.0
     for a, gate in zip(pooled, gates):
-        log_target = F.log_softmax(a.float(), dim=1)
-        total = total + F.kl_div(F.log_softmax(gate.float(), dim=1), log_target, reduction="batchmean",
+        # at least float32: half-precision softmaxes lose the small gaps between the filters' responses
+        dtype = torch.promote_types(torch.promote_types(a.dtype, gate.dtype), torch.float32)
+        log_target = F.log_softmax(a.to(dtype), dim=1)
+        total = total + F.kl_div(F.log_softmax(gate.to(dtype), dim=1), log_target, reduction="batchmean",
                                  log_target=True)
     return total
 
