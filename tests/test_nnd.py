@@ -383,3 +383,72 @@ def test_torchvision_networks_decouple_and_skip(name, layers):
     assert computed < total
     out = net.train()(images, torch.tensor([1, 2]), generator=torch.Generator().manual_seed(0))
     assert math.isfinite(out.loss.item())
+
+
+# --------------------------------------------------------------------------------------------------------
+# Training, report and compare
+
+
+@pytest.fixture(scope="module")
+def nnd_run(tmp_path_factory):
+    import dataclasses
+
+    from torch.utils.data import Subset
+
+    from picnn_ext.data import load_dataset
+    from picnn_ext.train import TrainConfig, train
+
+    splits = load_dataset("digits")
+    splits = dataclasses.replace(splits, train=Subset(splits.train, range(192)), val=Subset(splits.val, range(64)),
+                                 test=Subset(splits.test, range(100)))
+    config = TrainConfig(method="nnd", epochs=2, batch_size=32, width=4, num_filters=8, device="cpu", quiet=True,
+                         out_dir=str(tmp_path_factory.mktemp("runs")))
+    return train(config, splits=splits), splits
+
+
+def test_nnd_method_gates_the_backbone_and_the_interpreted_layer():
+    from picnn_ext.train import TrainConfig
+    from picnn_ext.train.methods import create_method
+
+    net = create_method(TrainConfig(method="nnd", width=4, num_filters=8)).build_model(1, 10, (8, 8))
+    assert net.widths == [4, 4, 8, 8, 8]  # 2 stages of 2 convs, then the interpreted layer (K = 8)
+
+
+def test_nnd_run_logs_the_open_share_of_each_layer(nnd_run):
+    import os
+
+    from picnn_ext.train import load_summary
+    from picnn_ext.train.checkpoint import read_json_lines
+
+    run_dir, _ = nnd_run
+    records = read_json_lines(os.path.join(run_dir, "metrics.jsonl"))
+    keys = [f"open_l{layer}" for layer in range(1, 6)]
+    for record in records:
+        assert all(0.0 <= record[key] <= 1.0 for key in keys + ["open"])
+        widths = [4, 4, 8, 8, 8]
+        assert record["open"] == pytest.approx(sum(record[k] * w for k, w in zip(keys, widths)) / sum(widths))
+    test = load_summary(run_dir)["test"]
+    assert {"acc1", "mis", "open", *keys} <= set(test)
+
+
+def test_nnd_report_and_compare(nnd_run, tmp_path):
+    pytest.importorskip("matplotlib")
+    from picnn_ext.report import compare_table, write_report
+
+    run_dir, splits = nnd_run
+    path = write_report(run_dir, str(tmp_path / "report"), splits=splits)
+    text = open(path, encoding="utf-8").read()
+    for name in ("class_paths.png", "path_similarity.png", "training_curves.png"):
+        assert f"({name})" in text
+        with open(tmp_path / "report" / name, "rb") as handle:
+            assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert "within a class" in text and "NND" in text
+    table = compare_table([run_dir])
+    assert "nnd" in table and "open gates" in table
+
+
+def test_cli_accepts_method_nnd():
+    from picnn_ext.cli import build_parser
+
+    args = build_parser().parse_args(["train", "--method", "nnd", "--tau", "0.5", "--lambda-s", "0.01"])
+    assert (args.method, args.tau, args.lambda_s) == ("nnd", 0.5, 0.01)

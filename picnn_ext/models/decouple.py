@@ -101,7 +101,8 @@ def _gate_sequence(modules: List[nn.Module], reduction: int) -> nn.Sequential:
 
     def flatten(module_list):
         for module in module_list:
-            if type(module) is nn.Sequential:
+            # a Sequential (or a subclass such as SmallConvNet that keeps its forward) is just its children
+            if isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward:
                 flatten(list(module))
             else:
                 flat.append(module)
