@@ -31,8 +31,8 @@ from picnn_ext.models import SmallConvNet, decouple
 from picnn_ext.models.gated import GatedConv
 
 # The small NND trained when no run is given: gates pushed shut, so that there is something to skip.
-TRAIN_SETTINGS = dict(method="nnd", dataset="digits", epochs=12, batch_size=16, width=32, num_filters=64,
-                      lambda_s=0.05, tau=0.3)
+TRAIN_SETTINGS = dict(method="nnd", dataset="digits", epochs=12, batch_size=16, width=16, num_filters=32,
+                      lambda_s=0.01, tau=0.5)
 
 
 def trained_model():

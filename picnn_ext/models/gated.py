@@ -139,6 +139,24 @@ class GatedConv(nn.Module):
             recorder.record(gate, out.mean(dim=(2, 3)), gated)
         return gated
 
+    def _folded(self):
+        """The conv with its eval-mode batch norm folded in, (weight, bias); kept until a parameter or a
+        running statistic changes (their version counters say when)."""
+        tensors = [t for t in (self.conv.weight, self.conv.bias, *self.bn.parameters(), *self.bn.buffers())
+                   if t is not None]
+        key = tuple((t.data_ptr(), t._version) for t in tensors)
+        if getattr(self, "_folded_key", None) != key:
+            weight, bias = self.conv.weight, self.conv.bias
+            if bias is None:
+                bias = weight.new_zeros(weight.shape[0])
+            affine = _bn_affine(self.bn)
+            if affine is not None:
+                scale, shift = affine
+                weight, bias = weight * scale[:, None, None, None], bias * scale + shift
+            self._folded_cache = (weight.detach(), bias.detach())
+            self._folded_key = key
+        return self._folded_cache
+
     @torch.no_grad()
     def forward_skip(self, x: Compact) -> Compact:
         """The gated output from x's open channels, computing only the filters open for some sample."""
@@ -146,8 +164,18 @@ class GatedConv(nn.Module):
         gate = (z > 0).to(x.values.dtype)
         open_index = gate.amax(dim=0).nonzero().flatten()
         recorder = self.recorder
-        y = conv_compact(self.conv, x, open_index, recorder)
-        y = self.act(_affine(y, _bn_affine(self.bn), open_index))
+        weight, bias = self._folded()
+        weight = weight.index_select(0, open_index)
+        if x.index is not None:
+            weight = weight.index_select(1, x.index)
+        conv = self.conv
+        if conv.groups != 1 or conv.padding_mode != "zeros":
+            y = self.act(self.bn(conv(x.dense()))).index_select(1, open_index)
+        else:
+            y = self.act(F.conv2d(x.values, weight, bias.index_select(0, open_index), conv.stride, conv.padding,
+                                  conv.dilation))
+            if recorder is not None:
+                recorder.count(conv, weight.shape[0], weight.shape[1], y)
         if y.shape[0] > 1:  # samples for which an open filter of the union is closed
             y = y * gate.index_select(1, open_index)[:, :, None, None]
         out = Compact(y, open_index, self.out_channels)
