@@ -33,7 +33,7 @@ def test_paths(model, dataset, batch_size: int = 256):
 
 def _layer_boundaries(axes, widths: Sequence[int]) -> None:
     for position in np.cumsum(widths)[:-1] - 0.5:
-        axes.axvline(position, color="white", linewidth=0.8)
+        axes.axvline(position, color="red", linewidth=1.0)
 
 
 def plot_class_paths(means: np.ndarray, widths: Sequence[int], class_names: Sequence[str], path: str) -> None:
@@ -45,7 +45,7 @@ def plot_class_paths(means: np.ndarray, widths: Sequence[int], class_names: Sequ
     _layer_boundaries(axes, widths)
     axes.set_yticks(range(num_classes))
     axes.set_yticklabels(class_names if num_classes <= 40 else [""] * num_classes)
-    axes.set_xlabel("filter, layer by layer (white lines between layers)")
+    axes.set_xlabel("filter, layer by layer (red lines between layers)")
     axes.set_title("class-mean calculation paths (test set)")
     figure.colorbar(image, ax=axes, label="share of the class's images with the gate open")
     _save(figure, path)
