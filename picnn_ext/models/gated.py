@@ -160,6 +160,9 @@ class GatedConv(nn.Module):
     @torch.no_grad()
     def forward_skip(self, x: Compact) -> Compact:
         """The gated output from x's open channels, computing only the filters open for some sample."""
+        if x.channels != self.conv.in_channels:
+            raise ValueError(f"GatedConv: layer_input has {x.channels} channels on dim 1, expected in_channels = "
+                             f"{self.conv.in_channels}")
         z = self.controller.logits_from_pooled(x.values.mean(dim=(2, 3)), x.index)
         gate = (z > 0).to(x.values.dtype)
         open_index = gate.amax(dim=0).nonzero().flatten()
