@@ -87,7 +87,8 @@ class DecoupledNet(nn.Module):
             raise RuntimeError("DecoupledNet.forward_skip: call model.eval() first; training draws random gates")
         self.recorder.start(None, count_macs=count_macs)
         try:
-            logits = self.classifier(run_skip(self.body, Compact.of(images)).dense())
+            # The classifier's pooling runs on the open channels too; the map is made dense once pooled.
+            logits = run_skip(self.classifier, run_skip(self.body, Compact.of(images))).dense()
             gates, macs = self.recorder.gates, self.recorder.macs
         finally:
             self.recorder.start(None)

@@ -198,7 +198,8 @@ def run_skip(module: nn.Module, x: Compact) -> Compact:
         for child in module:
             x = run_skip(child, x)
         return x
-    if isinstance(module, (nn.MaxPool2d, nn.AvgPool2d, nn.ReLU, nn.Identity, nn.Dropout)):
+    if isinstance(module, (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.ReLU,
+                           nn.Identity, nn.Dropout)):
         return Compact(module(x.values), x.index, x.channels)
     return Compact.of(module(x.dense()))
 
