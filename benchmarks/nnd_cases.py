@@ -191,3 +191,29 @@ def make_step(case: StepCase, impl: str):
         return loss
 
     return step, source
+
+
+def interleaved_steps(rounds: int = 15):
+    """Median step time of `fused` and `python`, alternating one step of each, so that a shared machine's
+    load falls on both alike: {case id: (fused ms, python ms)}."""
+    import time
+
+    results = {}
+    for case in STEP_CASES:
+        steps = {impl: make_step(case, impl)[0] for impl in ("fused", "python")}
+        times = {impl: [] for impl in steps}
+        for _ in range(2):
+            for step in steps.values():
+                step()
+        for _ in range(rounds):
+            for impl, step in steps.items():
+                start = time.perf_counter()
+                step()
+                times[impl].append(time.perf_counter() - start)
+        results[case.id] = tuple(1e3 * sorted(times[impl])[rounds // 2] for impl in ("fused", "python"))
+    return results
+
+
+if __name__ == "__main__":
+    for case_id, (fused, python) in interleaved_steps().items():
+        print(f"{case_id}: fused {fused:.1f} ms, python {python:.1f} ms, python / fused {python / fused:.2f}x")
