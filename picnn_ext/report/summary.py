@@ -18,7 +18,8 @@ from ..train.methods import METHOD_NAMES, create_method
 from ..train.trainer import load_trained_model
 
 METRICS = ("acc1", "acc2", "acc3", "mis")
-METRIC_TITLES = {"acc1": "ACC1", "acc2": "ACC2", "acc3": "ACC3", "mis": "MIS", "density": "L1 density"}
+METRIC_TITLES = {"acc1": "ACC1", "acc2": "ACC2", "acc3": "ACC3", "mis": "MIS", "density": "L1 density",
+                 "open": "open gates"}
 # Methods in the order tables list them: the baseline first.
 METHOD_ORDER = {name: order for order, name in enumerate(METHOD_NAMES)}
 MISSING = "–"
@@ -132,6 +133,10 @@ def write_report(run_dir: str, out_dir: Optional[str] = None, *, num_images: int
     from . import car_figures, figures
 
     summary = ckpt.load_summary(run_dir)
+    if summary["method"] == "nnd":  # no P: its report reads the calculation paths
+        from .paths import write_nnd_report
+
+        return write_nnd_report(run_dir, out_dir or os.path.join(run_dir, "report"), splits=splits)
     records = ckpt.read_json_lines(os.path.join(run_dir, ckpt.METRICS_FILE))
     mi = np.load(os.path.join(run_dir, ckpt.TEST_MI_FILE))
     model, splits = load_trained_model(run_dir, splits)

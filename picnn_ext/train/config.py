@@ -72,6 +72,12 @@ class TrainConfig:
     csg_density: float = 0.2
     csg_lam_reg: float = 1e-3
     gate_lr: Optional[float] = 1e-2
+    # NND's loss weights (the authors' CIFAR ResNet-56 values): sparsity lambda_s with target tau (a share of
+    # each layer's filters), information lambda_m, alignment lambda_k.
+    lambda_s: float = 1.5e-4
+    tau: float = 0.0
+    lambda_m: float = 0.01
+    lambda_k: float = 1.0
     out_dir: str = "runs"
     # Folder name of the run under ``out_dir``; default "<method>-<dataset>-seed<seed>".
     run_name: Optional[str] = None
@@ -106,7 +112,7 @@ class TrainConfig:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
         if not self.lr > 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
-        for name in ("weight_decay", "lam"):
+        for name in ("weight_decay", "lam", "lambda_s", "tau", "lambda_m", "lambda_k"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.csg_warmup < 0:

@@ -11,13 +11,16 @@ from typing import TYPE_CHECKING, Dict, Type
 
 from .base import EvalOutputs, TrainingMethod, backbone_stages, build_backbone, build_network
 from .csg import CSGMethod, is_csg_epoch
+from .nnd import NNDMethod
 from .picnn import PICNNMethod, STDMethod
 
 if TYPE_CHECKING:
     from ..config import TrainConfig
 
 # Listed in the order tables show them: the baseline first.
-METHOD_CLASSES: Dict[str, Type[TrainingMethod]] = {cls.name: cls for cls in (STDMethod, PICNNMethod, CSGMethod)}
+METHOD_CLASSES: Dict[str, Type[TrainingMethod]] = {
+    cls.name: cls for cls in (STDMethod, PICNNMethod, CSGMethod, NNDMethod)
+}
 METHOD_NAMES = tuple(METHOD_CLASSES)
 METHOD_HELP = "; ".join(f"'{name}': {cls.help}" for name, cls in METHOD_CLASSES.items())
 
@@ -32,5 +35,5 @@ def create_method(config: "TrainConfig") -> TrainingMethod:
     return cls(config)
 
 
-__all__ = ["CSGMethod", "EvalOutputs", "METHOD_CLASSES", "METHOD_HELP", "METHOD_NAMES", "TrainingMethod", "backbone_stages",
+__all__ = ["CSGMethod", "EvalOutputs", "METHOD_CLASSES", "METHOD_HELP", "METHOD_NAMES", "NNDMethod", "TrainingMethod", "backbone_stages",
            "build_backbone", "build_network", "create_method", "is_csg_epoch"]
