@@ -10,6 +10,12 @@ class's filters (against ground-truth masks) and adversarial-sample detection fr
 Layering: the report and the CLI call this package; it calls the training methods' hooks
 (:class:`picnn_ext.train.methods.TrainingMethod`: ``features``, ``logits_from_features``,
 ``assigned_filters``, ``calculation_path``) and never the other way round.
+
+A new method plugs in through those hooks alone. NND (a ``DecoupledNet``, no ``features``/``head``) is to
+override, in ``train/methods/nnd.py``: ``features`` -> ``model(images).features`` (the interpreted layer's
+gated map), ``logits_from_features`` -> ``model.classifier(A)``, and ``calculation_path`` ->
+``torch.cat(model(images).gates, dim=1).float()``; it keeps ``assigned_filters`` = None (top filters by
+class-mean activation). Detection then scores the path distance to the predicted class's mean path.
 """
 from .attacks import DEFAULT_EPSILON, DEFAULT_PGD_STEPS, check_attack_options, default_step_size, fgsm, pgd
 from .class_filters import ClassFilters, class_filter_weights, class_mean_activation, top_filters
