@@ -14,7 +14,6 @@ import os
 from dataclasses import dataclass
 from typing import Dict, Optional
 
-
 from ..applications import (DEFAULT_EPSILON, DEFAULT_PGD_STEPS, KEEP_FRACTION, ClassFilters, RawPixelNet,
                             check_attack_options, class_filter_weights, default_step_size, detect,
                             detection_reference, localise)
