@@ -1,4 +1,5 @@
-"""The ``picnn-ext`` command: ``train``, ``report``, ``compare``, ``car``, ``digits-demo`` and ``compare-methods``.
+"""The ``picnn-ext`` command: ``train``, ``report``, ``compare``, ``car``, ``digits-demo``, ``compare-methods``,
+``localize`` and ``detect``.
 
     picnn-ext train --method picnn --dataset digits --epochs 30
     picnn-ext train --resume runs/picnn-digits-seed0
@@ -8,6 +9,8 @@
     picnn-ext car runs/picnn-digits-seed0 --keep 16
     picnn-ext digits-demo
     picnn-ext compare-methods --datasets digits shapes --methods std picnn csg --seeds 3
+    picnn-ext localize runs/picnn-shapes-seed0
+    picnn-ext detect runs/picnn-shapes-seed0 --epsilon 8/255 --pgd-steps 10
 """
 
 from __future__ import annotations
@@ -19,8 +22,10 @@ import sys
 import time
 from typing import Optional, Sequence
 
+from .applications import DEFAULT_EPSILON, DEFAULT_PGD_STEPS, KEEP_FRACTION
 from .data import DATASET_SPEC_HELP, load_dataset
 from .report import compare_table, write_report
+from .report.applications import ApplicationMetrics, write_detection, write_localisation
 from .report.comparison import BUDGETS, run_comparison
 from .train import NonFiniteLossError, TrainConfig, load_config, load_summary, train
 from .train.checkpoint import atomic_write_text
@@ -97,6 +102,25 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
                         help="stop after epoch N, leaving a checkpoint to --resume from (for time-limited jobs)")
 
 
+def _pixel_value(text: str) -> float:
+    """A number, or a fraction such as 8/255 (epsilons are quoted in grey levels)."""
+    numerator, slash, denominator = text.partition("/")
+    try:
+        return float(numerator) / float(denominator) if slash else float(text)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"expected a number or a fraction such as 8/255, got {text!r}") from None
+
+
+def _add_attack_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--epsilon", type=_pixel_value, default=DEFAULT_EPSILON,
+                        help="L-infinity radius in raw pixel units of [0, 1] images, a number or a fraction "
+                             "(default: 8/255)")
+    parser.add_argument("--pgd-steps", type=int, default=DEFAULT_PGD_STEPS,
+                        help=f"PGD steps (default: {DEFAULT_PGD_STEPS})")
+    parser.add_argument("--pgd-step-size", type=_pixel_value,
+                        help="PGD step size (default: 2.5 * epsilon / steps)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="picnn-ext", description="Train and inspect CNNs with class-specific filters (PICNN)."
@@ -159,6 +183,35 @@ def build_parser() -> argparse.ArgumentParser:
     methods_parser.add_argument("--out-dir", metavar="DIR", help="(default: runs/compare-methods-TIME)")
     methods_parser.add_argument("--device", default="cpu", help="(default: cpu)")
     methods_parser.add_argument("--quiet", action="store_true", help="print only the final tables")
+    methods_parser.add_argument("--no-applications", dest="applications", action="store_false",
+                                help="skip the localisation and adversarial-detection columns")
+    _add_attack_options(methods_parser)
+
+    localize_parser = commands.add_parser(
+        "localize", help="object localisation from the predicted class's filters (data sets with masks)",
+        description="For each test image and its predicted class: the activation map of the class's filters, "
+                    "the gradient map of their mean activation and Grad-CAM, top pixels kept, IoU with the "
+                    "object mask. Writes localisation.json and localisation.png.",
+    )
+    localize_parser.add_argument("run_dir", metavar="RUN_DIR")
+    localize_parser.add_argument("--out", metavar="DIR", help="where to write (default: RUN_DIR)")
+    localize_parser.add_argument("--keep", type=float, default=KEEP_FRACTION,
+                                 help=f"share of each map's pixels kept (default: {KEEP_FRACTION})")
+    localize_parser.add_argument("--num-examples", type=int, default=8, help="images in the figure (default: 8)")
+    localize_parser.add_argument("--max-images", type=int, help="only the first N test images")
+    localize_parser.add_argument("--device", default="cpu", help="(default: cpu)")
+
+    detect_parser = commands.add_parser(
+        "detect", help="FGSM and PGD against a run and the AUROC of the filter-agreement detector",
+        description="Attack the test split (FGSM, PGD) and score how well the agreement of the active filters "
+                    "with the predicted class separates clean from adversarial images. Writes detection.json "
+                    "and detection.png.",
+    )
+    detect_parser.add_argument("run_dir", metavar="RUN_DIR")
+    detect_parser.add_argument("--out", metavar="DIR", help="where to write (default: RUN_DIR)")
+    _add_attack_options(detect_parser)
+    detect_parser.add_argument("--max-images", type=int, help="attack only the first N test images")
+    detect_parser.add_argument("--device", default="cpu", help="(default: cpu)")
     return parser
 
 
@@ -216,11 +269,32 @@ def _digits_demo_command(args: argparse.Namespace) -> int:
 
 
 def _compare_methods_command(args: argparse.Namespace) -> int:
+    extra_metrics = []
+    if args.applications:
+        # Checks the attack options before any training starts.
+        extra_metrics.append(ApplicationMetrics(epsilon=args.epsilon, steps=args.pgd_steps,
+                                                step_size=args.pgd_step_size, device=args.device))
     out_dir = args.out_dir or os.path.join("runs", time.strftime("compare-methods-%Y%m%d-%H%M%S"))
     text = run_comparison(out_dir, datasets=args.datasets, methods=args.methods, seeds=args.seeds,
-                          epochs=args.epochs, device=args.device, quiet=args.quiet)
+                          epochs=args.epochs, device=args.device, quiet=args.quiet, extra_metrics=extra_metrics)
     print(text)
     print(f"runs and results.md in {out_dir}")
+    return 0
+
+
+def _localize_command(args: argparse.Namespace) -> int:
+    if args.max_images is not None and args.max_images < 1:
+        raise ValueError(f"--max-images must be at least 1, got {args.max_images}")
+    print(write_localisation(args.run_dir, args.out, keep=args.keep, num_examples=args.num_examples,
+                             limit=args.max_images, device=args.device))
+    return 0
+
+
+def _detect_command(args: argparse.Namespace) -> int:
+    if args.max_images is not None and args.max_images < 1:
+        raise ValueError(f"--max-images must be at least 1, got {args.max_images}")
+    print(write_detection(args.run_dir, args.out, epsilon=args.epsilon, steps=args.pgd_steps,
+                          step_size=args.pgd_step_size, limit=args.max_images, device=args.device))
     return 0
 
 
@@ -231,6 +305,8 @@ COMMANDS = {
     "car": _car_command,
     "digits-demo": _digits_demo_command,
     "compare-methods": _compare_methods_command,
+    "localize": _localize_command,
+    "detect": _detect_command,
 }
 
 

@@ -302,7 +302,7 @@ def cifar_folder(tmp_path):
 
 def image_ids(dataset):
     """The id written into each image, read back through the normalisation."""
-    mean, std = dataset.mean[0].item(), dataset.std[0].item()
+    mean, std = dataset.pixel_mean[0], dataset.pixel_std[0]
     ids = []
     for i in range(len(dataset)):
         image, _ = dataset[i]
@@ -382,7 +382,7 @@ def test_resize_splits(shapes):
     torch.testing.assert_close(image, expected)
     assert resized.test_object_masks.shape == (len(shapes.test), 16, 16)
     assert torch.equal(resized.test_object_masks, shapes.test_object_masks[:, ::2, ::2])  # nearest
-    assert len(resized.train) == len(shapes.train) and resized.mean == shapes.mean
+    assert len(resized.train) == len(shapes.train) and resized.pixel_mean == shapes.pixel_mean
 
 
 def test_augment_crops_and_flips_without_jitter():

@@ -168,6 +168,6 @@ def load_cifar10(path: str, val_size: int = 5000) -> DatasetSplits:
         image_size=IMAGE_SIZE,
         class_names=class_names,
         name="cifar10",
-        mean=CIFAR10_MEAN,
-        std=CIFAR10_STD,
+        pixel_mean=tuple(float(value) for value in CIFAR10_MEAN),
+        pixel_std=tuple(float(value) for value in CIFAR10_STD),
     )

@@ -62,6 +62,6 @@ def load_digits() -> DatasetSplits:
         image_size=IMAGE_SIZE,
         class_names=[str(digit) for digit in range(10)],
         name="digits",
-        mean=(float(mean),),
-        std=(float(std),),
+        pixel_mean=(float(mean),),
+        pixel_std=(float(std),),
     )

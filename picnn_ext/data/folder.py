@@ -167,6 +167,6 @@ def load_image_folder(
         image_size=image_size,
         class_names=class_names,
         name=f"folder:{os.path.basename(os.path.normpath(path))}",
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
+        pixel_mean=tuple(float(value) for value in IMAGENET_MEAN),
+        pixel_std=tuple(float(value) for value in IMAGENET_STD),
     )

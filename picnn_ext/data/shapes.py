@@ -120,6 +120,8 @@ def load_shapes(
         class_names=list(CLASS_NAMES),
         name="shapes",
         test_object_masks=torch.from_numpy(test_masks),
-        mean=(mean,),
-        std=(std,),
+        pixel_mean=(mean,),
+        pixel_std=(std,),
+        # The generator's Gaussian noise takes raw pixels outside [0, 1]: no box to clamp to.
+        pixel_range=None,
     )

@@ -81,9 +81,10 @@ def colour_jitter(pixels: torch.Tensor, brightness: torch.Tensor, contrast: torc
 
 
 def augment_batch(images: torch.Tensor, generator: torch.Generator, *, mean: Optional[Sequence[float]] = None,
-                  std: Optional[Sequence[float]] = None, jitter: float = JITTER) -> torch.Tensor:
+                  std: Optional[Sequence[float]] = None, jitter: float = JITTER, clamp: bool = True) -> torch.Tensor:
     """A randomly cropped, flipped and colour-jittered copy of ``images`` (B, C, H, W), normalised with
-    ``mean`` and ``std`` (per channel, or one value for all); every draw comes from ``generator``."""
+    ``mean`` and ``std`` (per channel, or one value for all); every draw comes from ``generator``. ``clamp``
+    keeps the jittered pixels in [0, 1] (off for data whose raw pixels leave it, such as the noisy shapes)."""
     if images.dim() != 4:
         raise ValueError(f"augment_batch: images must be (B, C, H, W), got shape {tuple(images.shape)}")
     batch, channels, height, width = images.shape
@@ -109,6 +110,6 @@ def augment_batch(images: torch.Tensor, generator: torch.Generator, *, mean: Opt
         scale = torch.as_tensor(1.0 if std is None else std, dtype=out.dtype, device=device).reshape(1, -1, 1, 1)
         factors = 1 - jitter + 2 * jitter * torch.rand(3, batch, generator=generator, device=device)
         # Pixels of a known normalisation lie in [0, 1], and are kept there as torchvision keeps them.
-        pixels = colour_jitter(out * scale + shift, *factors.to(out.dtype), clamp=mean is not None)
+        pixels = colour_jitter(out * scale + shift, *factors.to(out.dtype), clamp=clamp and mean is not None)
         out = (pixels - shift) / scale
     return out

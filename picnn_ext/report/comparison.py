@@ -15,14 +15,18 @@ import os
 import sys
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Union
 
 from ..data import load_dataset
 from ..train import TrainConfig, load_summary, train
 from ..train.checkpoint import atomic_write_json, atomic_write_text
 from .summary import seed_table
 
-__all__ = ["BUDGETS", "Budget", "run_comparison"]
+__all__ = ["BUDGETS", "Budget", "ExtraMetrics", "combine_extra_metrics", "run_comparison"]
+
+# A callable(run_dir) -> {metric: value} of a finished run, or several, whose results are merged in order.
+ExtraMetric = Callable[[str], Dict[str, float]]
+ExtraMetrics = Union[ExtraMetric, Sequence[ExtraMetric]]
 
 
 @dataclass(frozen=True)
@@ -48,16 +52,42 @@ BUDGETS: Dict[str, Budget] = {
 }
 
 
+def combine_extra_metrics(extra_metrics: Optional[ExtraMetrics]) -> Optional[ExtraMetric]:
+    """One callable from one or several: their dicts merged in order; two giving the same metric is an
+    error (one would silently hide the other)."""
+    if extra_metrics is None or callable(extra_metrics):
+        return extra_metrics
+    parts = list(extra_metrics)
+    if not parts:
+        return None
+    for part in parts:
+        if not callable(part):
+            raise TypeError(f"extra_metrics: expected callables run_dir -> dict, got {part!r}")
+
+    def combined(run_dir: str) -> Dict[str, float]:
+        merged: Dict[str, float] = {}
+        for part in parts:
+            values = part(run_dir)
+            clash = sorted(set(values) & set(merged))
+            if clash:
+                raise ValueError(f"extra_metrics: more than one callable gives {', '.join(clash)}")
+            merged.update(values)
+        return merged
+
+    return combined
+
+
 def run_comparison(out_dir: str, *, datasets: Sequence[str], methods: Sequence[str], seeds: int,
                    device: str = "cpu", epochs: Optional[int] = None, quiet: bool = False,
                    method_options: Optional[Dict[str, dict]] = None,
-                   extra_metrics: Optional[Callable[[str], Dict[str, float]]] = None,
+                   extra_metrics: Optional[ExtraMetrics] = None,
                    title: str = "Comparison of methods") -> str:
     """Train every (data set, method, seed) into ``out_dir``, write ``results.md`` there and return its text.
 
     ``epochs`` overrides every data set's budget (for a quick look); ``method_options`` adds TrainConfig
     values per method; ``extra_metrics(run_dir)`` adds test metrics to a finished run's row (they are
-    stored in the run's ``comparison.json``).
+    stored in the run's ``comparison.json``); a sequence of such callables adds all their metrics (see
+    :func:`combine_extra_metrics`), so each measurement stays its own callable.
     """
     if seeds < 1:
         raise ValueError(f"seeds must be at least 1, got {seeds}")
@@ -67,6 +97,7 @@ def run_comparison(out_dir: str, *, datasets: Sequence[str], methods: Sequence[s
     if epochs is not None and epochs < 1:
         raise ValueError(f"epochs must be at least 1, got {epochs}")
     method_options = method_options or {}
+    extra_metrics = combine_extra_metrics(extra_metrics)
     sections = []
     start = time.perf_counter()
     for dataset in datasets:

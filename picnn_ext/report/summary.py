@@ -19,7 +19,12 @@ from ..train.trainer import load_trained_model
 
 METRICS = ("acc1", "acc2", "acc3", "mis")
 METRIC_TITLES = {"acc1": "ACC1", "acc2": "ACC2", "acc3": "ACC3", "mis": "MIS", "density": "L1 density",
-                 "open": "open gates"}
+                 "open": "open gates", "car_agreement": "CAR agrees",
+                 # The applications' columns (report/applications.py).
+                 "loc_act_iou": "IoU act", "loc_act_hit": "hit act", "loc_grad_iou": "IoU grad",
+                 "loc_grad_hit": "hit grad", "loc_cam_iou": "IoU Grad-CAM", "loc_cam_hit": "hit Grad-CAM",
+                 "fgsm_success": "FGSM success", "fgsm_auroc": "AUROC FGSM", "pgd_success": "PGD success",
+                 "pgd_auroc": "AUROC PGD"}
 # Methods in the order tables list them: the baseline first.
 METHOD_ORDER = {name: order for order, name in enumerate(METHOD_NAMES)}
 MISSING = "–"

@@ -264,7 +264,8 @@ class Trainer:
             images = images.to(device, non_blocking=True)
             targets = targets.to(device, non_blocking=True)
             if config.augment:
-                images = augment_batch(images, self.generator, mean=self.splits.mean, std=self.splits.std)
+                images = augment_batch(images, self.generator, mean=self.splits.pixel_mean,
+                                       std=self.splits.pixel_std, clamp=self.splits.pixel_range is not None)
             try:
                 loss = self._step(images, targets, epoch)
             except ValueError as error:

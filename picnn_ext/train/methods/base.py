@@ -9,7 +9,11 @@ what differs between STD, PICNN, CSG and NND:
 - ``after_step``: a projection or clamp after the optimiser step (CSG's gate projection);
 - ``eval_outputs``: the named logits scored on a split (``acc1`` always: the network a user deploys) and
   the interpreted layer's output for the MIS;
-- ``model_metrics``: numbers read off the weights alone (CSG's L1 density).
+- ``model_metrics``: numbers read off the weights alone (CSG's L1 density);
+- for the applications (:mod:`picnn_ext.applications`: localisation, adversarial detection):
+  ``features`` and ``logits_from_features`` (the network split at the interpreted layer),
+  ``assigned_filters`` (the (C, K) filter weights of each class read off the weights, or None to rank
+  filters by class-mean activation) and ``calculation_path`` (NND's per-input gate path, None elsewhere).
 
 Everything a method does in a step stays on the device (no ``.item()``), as the trainer's loop requires.
 """
@@ -108,6 +112,29 @@ class TrainingMethod:
     def filter_class_matrix(self, model: nn.Module) -> Optional[Tuple[str, torch.Tensor]]:
         """(symbol, (C, K) matrix) that assigns the interpreted layer's filters to classes, for the report
         and the comparison with class-wise CAR (PICNN: P; CSG: G); None where the method has none."""
+        return None
+
+    # ----------------------------------------------------------------------------------------------------
+    # Hooks of the applications (picnn_ext.applications). A method whose network is not an InterpretedNet
+    # (NND's DecoupledNet) overrides the first two; all four work on the bare model in eval mode.
+
+    def features(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        """A, the interpreted layer's output (B, K, H, W), differentiable with respect to ``images``."""
+        return model.features(images)
+
+    def logits_from_features(self, model: nn.Module, A: torch.Tensor) -> torch.Tensor:
+        """The deployed network's logits (B, C) from A: what Grad-CAM and the attacks differentiate."""
+        return model.head(A).logits
+
+    def assigned_filters(self, model: nn.Module) -> Optional[torch.Tensor]:
+        """(C, K) non-negative weights of each class's filters, read off the weights (PICNN: the filters P
+        assigns to the class; CSG: G); None (the default): the applications rank the filters by class-mean
+        activation on the training split, as the CSG authors do for a standard network."""
+        return None
+
+    def calculation_path(self, model: nn.Module, images: torch.Tensor) -> Optional[torch.Tensor]:
+        """(B, L) per-input calculation path (NND: every gate of every layer, 0 or 1); None (the default):
+        the method has none, and adversarial detection scores filter agreement instead of path distance."""
         return None
 
     def epoch_note(self, epoch: int) -> str:

@@ -39,6 +39,11 @@ class PICNNMethod(TrainingMethod):
     def filter_class_matrix(self, model):
         return "P", model.head.P.detach()
 
+    def assigned_filters(self, model):
+        # Each filter serves the class with the largest P in its column.
+        P = model.head.P.detach()
+        return torch.nn.functional.one_hot(P.argmax(dim=0), P.shape[0]).T.to(P.dtype)
+
 
 class STDMethod(PICNNMethod):
     name = "std"
@@ -48,3 +53,7 @@ class STDMethod(PICNNMethod):
     def prepare(self, model: nn.Module) -> None:
         # theta gets no gradient; marking it frozen says so to DDP, which would otherwise wait for it.
         model.head.theta.requires_grad_(False)
+
+    def assigned_filters(self, model):
+        # theta never trained: P is its random start and assigns nothing; rank by activation instead.
+        return None
