@@ -26,6 +26,7 @@ from .applications import DEFAULT_EPSILON, DEFAULT_PGD_STEPS, KEEP_FRACTION
 from .data import DATASET_SPEC_HELP, load_dataset
 from .report import compare_table, write_report
 from .report.applications import ApplicationMetrics, write_detection, write_localisation
+from .report.car_report import car_agreement
 from .report.comparison import BUDGETS, run_comparison
 from .train import NonFiniteLossError, TrainConfig, load_config, load_summary, train
 from .train.checkpoint import atomic_write_text
@@ -269,7 +270,8 @@ def _digits_demo_command(args: argparse.Namespace) -> int:
 
 
 def _compare_methods_command(args: argparse.Namespace) -> int:
-    extra_metrics = []
+    # Class-wise CAR against each run's P or G (issue 8's agreement column), then the applications.
+    extra_metrics = [car_agreement]
     if args.applications:
         # Checks the attack options before any training starts.
         extra_metrics.append(ApplicationMetrics(epsilon=args.epsilon, steps=args.pgd_steps,

@@ -42,7 +42,10 @@ def car_agreement(run_dir: str, splits=None) -> Dict[str, float]:
     by class-wise CAR on the test split is the class the run's P (PICNN, STD) or G (CSG) assigns them; ``{}``
     for a method without a filter-class matrix. One pass over the test split (the closed form)."""
     model, splits = load_trained_model(run_dir, splits)
-    agreement = _agreement(model, ckpt.load_config(run_dir), filter_importance(model, _loader(splits.test)).class_car)
+    config = ckpt.load_config(run_dir)
+    if create_method(config).filter_class_matrix(model) is None:
+        return {}
+    agreement = _agreement(model, config, filter_importance(model, _loader(splits.test)).class_car)
     return {"car_agreement": value for value in agreement.values()}
 
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import re
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -36,7 +37,10 @@ def metric_columns(summaries: Sequence[Dict]) -> List[str]:
     seen = list(METRICS)
     for summary in summaries:
         seen += [name for name in summary["test"] if name not in seen]
-    return [name for name in seen if any(name in summary["test"] for summary in summaries)]
+    # NND's per-layer open-gate shares (open_l1, open_l2, ...) stay in the runs' files and reports; the tables
+    # show their mean over the layers ("open").
+    return [name for name in seen if any(name in summary["test"] for summary in summaries)
+            and not re.fullmatch(r"open_l\d+", name)]
 
 
 def metric_title(name: str) -> str:

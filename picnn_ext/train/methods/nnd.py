@@ -56,6 +56,17 @@ class NNDMethod(TrainingMethod):
         self._count += images.shape[0]
         return EvalOutputs({"acc1": out.logits}, out.features, 1)
 
+    # The applications' hooks (picnn_ext.applications): A is the last gated layer's map, the classifier reads
+    # it, and an input's calculation path is every gate of every layer (detection by path distance).
+    def features(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        return model(images).features
+
+    def logits_from_features(self, model: nn.Module, A: torch.Tensor) -> torch.Tensor:
+        return model.classifier(A)
+
+    def calculation_path(self, model: nn.Module, images: torch.Tensor) -> Optional[torch.Tensor]:
+        return torch.cat(model(images).gates, dim=1).float()
+
     def model_metrics(self, model: nn.Module) -> Dict[str, float]:
         if self._open_sums is None:
             return {}
