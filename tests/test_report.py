@@ -115,7 +115,8 @@ def test_report_of_a_csg_run_shows_its_gates(tmp_path):
 
 
 def test_car_agreement_of_a_run_reads_p_against_class_wise_car(finished_run):
-    import torch
+    import math
+
     from torch.utils.data import DataLoader
 
     from picnn_ext.car import filter_importance
@@ -125,8 +126,22 @@ def test_car_agreement_of_a_run_reads_p_against_class_wise_car(finished_run):
     run_dir, splits = finished_run
     model, _ = load_trained_model(run_dir, splits)
     class_car = filter_importance(model, DataLoader(splits.test, batch_size=50)).class_car  # (K, C)
-    # Written out: a filter agrees when its largest class-wise CAR is positive and sits at P's argmax.
-    best = class_car.argmax(dim=1)
-    agrees = (class_car.max(dim=1).values > 0) & (best == model.head.P.argmax(dim=0))
-    expected = agrees.double().mean().item()
-    assert car_agreement(run_dir, splits) == {"car_agreement": pytest.approx(expected)}
+    # Written out: a filter is decisive when some class loses accuracy without it; it agrees when its largest
+    # class-wise CAR sits at P's argmax.
+    decisive = class_car.max(dim=1).values > 0
+    agrees = decisive & (class_car.argmax(dim=1) == model.head.P.argmax(dim=0))
+    result = car_agreement(run_dir, splits)
+    assert result["car_decisive"] == pytest.approx(decisive.double().mean().item())
+    if decisive.any():
+        assert result["car_agreement"] == pytest.approx(agrees.sum().item() / decisive.sum().item())
+    else:
+        assert math.isnan(result["car_agreement"])
+
+
+def test_seed_table_averages_a_metric_over_the_seeds_where_it_is_defined():
+    runs = [{"method": "picnn", "train_time_s": 1.0, "test": {"acc1": 0.5, "car_agreement": value}}
+            for value in (0.25, float("nan"), 0.75)]
+    table = seed_table(runs)
+    assert "0.5000 ± 0.3536 (2 of 3)" in table
+    nan_runs = [{"method": "std", "train_time_s": 1.0, "test": {"acc1": 0.5, "car_agreement": float("nan")}}]
+    assert "undefined" in seed_table(nan_runs)

@@ -8,12 +8,14 @@ so that the test numbers stay an unbiased estimate.
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any, Dict, Optional
 
 from torch.utils.data import DataLoader
 
 from ..car import assignment_agreement, filter_importance, prune
+from ..car.importance import most_important_class
 from ..train import checkpoint as ckpt
 from ..train.methods import create_method
 from ..train.trainer import EVAL_BATCH_SIZE, load_trained_model
@@ -38,15 +40,28 @@ def _agreement(model, config, class_car) -> Dict[str, float]:
 
 
 def car_agreement(run_dir: str, splits=None) -> Dict[str, float]:
-    """``{"car_agreement": share}``: the share of the interpreted layer's filters whose most important class
-    by class-wise CAR on the test split is the class the run's P (PICNN, STD) or G (CSG) assigns them; ``{}``
-    for a method without a filter-class matrix. One pass over the test split (the closed form)."""
+    """CAR read against the run's own assignment of filters to classes (P for PICNN and STD, G for CSG), on the
+    test split (one pass: the closed form); ``{}`` for a method without such a matrix.
+
+    - ``car_decisive``: the share of the interpreted layer's filters whose removal costs some class accuracy,
+      i.e. that have a most important class at all;
+    - ``car_agreement``: among those, the share whose most important class is the one P or G assigns; NaN
+      where no filter is decisive (a redundant layer: removing any one filter changes no prediction), so that
+      "undefined" does not read as "disagrees".
+    """
     model, splits = load_trained_model(run_dir, splits)
     config = ckpt.load_config(run_dir)
-    if create_method(config).filter_class_matrix(model) is None:
+    assigned = create_method(config).filter_class_matrix(model)
+    if assigned is None:
         return {}
-    agreement = _agreement(model, config, filter_importance(model, _loader(splits.test)).class_car)
-    return {"car_agreement": value for value in agreement.values()}
+    class_car = filter_importance(model, _loader(splits.test)).class_car
+    decisive = most_important_class(class_car) >= 0
+    share = float(decisive.double().mean())
+    if not bool(decisive.any()):
+        return {"car_decisive": share, "car_agreement": math.nan}
+    keep = decisive.nonzero().flatten()
+    agreement = assignment_agreement(class_car[keep], assigned[1].detach().float().cpu()[:, keep])
+    return {"car_decisive": share, "car_agreement": agreement}
 
 
 def write_car_report(run_dir: str, out_dir: Optional[str] = None, *, layer: Optional[str] = None,

@@ -20,7 +20,7 @@ from ..train.trainer import load_trained_model
 
 METRICS = ("acc1", "acc2", "acc3", "mis")
 METRIC_TITLES = {"acc1": "ACC1", "acc2": "ACC2", "acc3": "ACC3", "mis": "MIS", "density": "L1 density",
-                 "open": "open gates", "car_agreement": "CAR agrees",
+                 "open": "open gates", "car_decisive": "CAR>0 filters", "car_agreement": "CAR agrees",
                  # The applications' columns (report/applications.py).
                  "loc_act_iou": "IoU act", "loc_act_hit": "hit act", "loc_grad_iou": "IoU grad",
                  "loc_grad_hit": "hit grad", "loc_cam_iou": "IoU Grad-CAM", "loc_cam_hit": "hit Grad-CAM",
@@ -96,9 +96,16 @@ def seed_table(summaries: Sequence[Dict]) -> str:
             if not all(name in run["test"] for run in runs):
                 cells.append(MISSING)
                 continue
-            values = np.array([run["test"][name] for run in runs])
-            spread = values.std(ddof=1) if len(values) > 1 else 0.0
-            cells.append(f"{values.mean():.4f} ± {spread:.4f}")
+            values = np.array([run["test"][name] for run in runs], dtype=float)
+            # A metric undefined for some seeds (NaN: CAR agreement with no decisive filter) is averaged over
+            # the seeds where it is defined, and the count says so.
+            defined = values[~np.isnan(values)]
+            if len(defined) == 0:
+                cells.append("undefined")
+                continue
+            spread = defined.std(ddof=1) if len(defined) > 1 else 0.0
+            count = "" if len(defined) == len(values) else f" ({len(defined)} of {len(values)})"
+            cells.append(f"{defined.mean():.4f} ± {spread:.4f}{count}")
         cells.append(f"{np.mean([run['train_time_s'] for run in runs]):.1f}")
         rows.append(cells)
     headers = ["method", "seeds", *(metric_title(name) for name in columns), "train time per run (s)"]
