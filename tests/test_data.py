@@ -302,7 +302,7 @@ def cifar_folder(tmp_path):
 
 def image_ids(dataset):
     """The id written into each image, read back through the normalisation."""
-    mean, std = dataset.pixel_mean[0], dataset.pixel_std[0]
+    mean, std = dataset.mean[0].item(), dataset.std[0].item()
     ids = []
     for i in range(len(dataset)):
         image, _ = dataset[i]
