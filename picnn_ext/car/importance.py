@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from .. import ops
-from .._checks import position_dims
+from ..nn.pooling import global_pool
 from ._layers import ChannelGroup, model_logits, named_module, trace_group
 
 __all__ = ["FilterImportance", "filter_importance", "model_device"]
@@ -165,11 +165,6 @@ def _has_pooled_linear_head(model: nn.Module) -> bool:
     return getattr(head, "pools", False) is True and isinstance(getattr(head, "classifier", None), nn.Linear)
 
 
-def _global_pool(A: torch.Tensor, channel_dim: int) -> torch.Tensor:
-    """(B, K): the mean of A over every position, as the default heads pool."""
-    return A if A.dim() == 2 else A.mean(position_dims(A, channel_dim))
-
-
 def check_interpreted_model(model: nn.Module, argument: str = "layer") -> None:
     if not (callable(getattr(model, "features", None)) and isinstance(getattr(model, "head", None), nn.Module)):
         raise ValueError(f"{argument}=None means the model's interpreted layer, which needs model.features(images) "
@@ -186,7 +181,7 @@ class _ClosedForm:
         self.classifier = model.head.classifier
 
     def __call__(self, images) -> Tuple[torch.Tensor, Iterator]:
-        a = _global_pool(self.model.features(images), getattr(self.head, "channel_dim", 1))  # (B, K)
+        a = global_pool(self.model.features(images), getattr(self.head, "channel_dim", 1))  # (B, K), as the heads pool
         weight = self.classifier.weight  # (C, K)
         if a.dim() != 2 or a.shape[1] != weight.shape[1]:
             raise ValueError(f"layer: the interpreted layer gives {a.shape[1] if a.dim() == 2 else list(a.shape)} "

@@ -16,7 +16,6 @@ Nothing reads back from the device: the hinge is a `relu`, and G[y] an `index_se
 """
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass
 from typing import Optional
 
@@ -25,8 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
-from .._checks import check_features, check_labels
-from .pooling import gated_input_of
+from .filter_head import FilterHead
 
 __all__ = ["CSGHead", "CSGOutput", "csg_loss", "project_gates"]
 
@@ -60,7 +58,7 @@ def project_gates(G: torch.Tensor) -> torch.Tensor:
     return G
 
 
-class CSGHead(nn.Module):
+class CSGHead(FilterHead):
     """The CSG head on the interpreted layer's output `A` (DESIGN.md section 4).
 
     Args:
@@ -82,26 +80,16 @@ class CSGHead(nn.Module):
 
     def __init__(self, num_filters: int, num_classes: int, *, classifier: nn.Module | None = None,
                  init: float = 0.5, density: float = 0.2, lam_reg: float = 1e-3, channel_dim: int = 1):
-        super().__init__()
-        for name, value in (("num_filters", num_filters), ("num_classes", num_classes)):
-            if not (isinstance(value, numbers.Integral) and value >= 1):
-                raise ValueError(f"CSGHead: {name} must be an integer >= 1, got {value!r}")
         if not 0.0 <= init <= 1.0:
             raise ValueError(f"CSGHead: init must be in [0, 1] (a gate value), got {init}")
         if not 0.0 <= density <= 1.0:
             raise ValueError(f"CSGHead: density must be in [0, 1] (a share of C * K), got {density}")
         if not lam_reg >= 0:
             raise ValueError(f"CSGHead: lam_reg must be >= 0, got {lam_reg}")
-        if channel_dim not in (1, -1):
-            raise ValueError(f"CSGHead: channel_dim must be 1 (B, K, ...) or -1 (B, ..., K), got {channel_dim}")
-        self.num_filters = num_filters
-        self.num_classes = num_classes
+        super().__init__("CSGHead", num_filters, num_classes, classifier, channel_dim)
         self.init = init
         self.density_budget = density
         self.lam_reg = lam_reg
-        self.channel_dim = channel_dim
-        self.pools = classifier is None
-        self.classifier = nn.Linear(num_filters, num_classes) if classifier is None else classifier
         self.G = nn.Parameter(torch.full((num_classes, num_filters), float(init)))
 
     def extra_repr(self) -> str:
@@ -119,10 +107,7 @@ class CSGHead(nn.Module):
 
     def forward(self, features: torch.Tensor, targets: torch.Tensor | None = None, *,
                 csg: bool | None = None) -> CSGOutput:
-        check_features(features, self.num_filters, self.channel_dim, "CSGHead")
-        if targets is not None:
-            check_labels(targets, features.shape[0], self.num_classes, "CSGHead")
-        gated_input, gate_dim = gated_input_of(features, self.pools, self.channel_dim)
+        gated_input, gate_dim = self.gated_input(features, targets)
         logits = self.classifier(gated_input)
         if csg is None:
             csg = self.training and targets is not None

@@ -16,7 +16,6 @@ step compiles with `torch.compile(fullgraph=True)` and can be captured in a CUDA
 """
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass
 from typing import NamedTuple, Optional
 
@@ -25,8 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
-from .._checks import check_features, check_labels
-from .pooling import gated_input_of, global_pool
+from .filter_head import FilterHead
 
 __all__ = ["PICNNHead", "PICNNOutput", "PICNNNoise", "picnn_loss", "select_rows_st"]
 
@@ -104,7 +102,7 @@ def picnn_loss(logits: torch.Tensor, interp_logits: torch.Tensor, targets: torch
     return discrimination + lam * (interp_ce.sum() / num_positive)
 
 
-class PICNNHead(nn.Module):
+class PICNNHead(FilterHead):
     """The PICNN head on the interpreted layer's output `A` (DESIGN.md section 3).
 
     Args:
@@ -129,20 +127,10 @@ class PICNNHead(nn.Module):
 
     def __init__(self, num_filters: int, num_classes: int, *, classifier: nn.Module | None = None,
                  lam: float = 2.0, channel_dim: int = 1):
-        super().__init__()
-        for name, value in (("num_filters", num_filters), ("num_classes", num_classes)):
-            if not (isinstance(value, numbers.Integral) and value >= 1):
-                raise ValueError(f"PICNNHead: {name} must be an integer >= 1, got {value!r}")
         if not lam >= 0:
             raise ValueError(f"PICNNHead: lam must be >= 0, got {lam}")
-        if channel_dim not in (1, -1):
-            raise ValueError(f"PICNNHead: channel_dim must be 1 (B, K, ...) or -1 (B, ..., K), got {channel_dim}")
-        self.num_filters = num_filters
-        self.num_classes = num_classes
+        super().__init__("PICNNHead", num_filters, num_classes, classifier, channel_dim)
         self.lam = lam
-        self.channel_dim = channel_dim
-        self.pools = classifier is None
-        self.classifier = nn.Linear(num_filters, num_classes) if classifier is None else classifier
         self.theta = nn.Parameter(torch.empty(num_classes, num_filters))
         self.reset_theta()
 
@@ -160,17 +148,10 @@ class PICNNHead(nn.Module):
         return (f"num_filters={self.num_filters}, num_classes={self.num_classes}, lam={self.lam}, "
                 f"channel_dim={self.channel_dim}, pools={self.pools}")
 
-    def pool(self, features: torch.Tensor) -> torch.Tensor:
-        """Mean over every position (all dims but the batch and the filters): (B, K)."""
-        return global_pool(features, self.channel_dim)
-
     def forward(self, features: torch.Tensor, targets: torch.Tensor | None = None, *, pathways: bool | None = None,
                 generator: torch.Generator | None = None, noise: PICNNNoise | tuple | None = None) -> PICNNOutput:
         class_noise, filter_noise, complement_noise = PICNNNoise(*noise) if noise is not None else PICNNNoise()
-        check_features(features, self.num_filters, self.channel_dim, "PICNNHead")
-        if targets is not None:
-            check_labels(targets, features.shape[0], self.num_classes, "PICNNHead")
-        gated_input, gate_dim = gated_input_of(features, self.pools, self.channel_dim)
+        gated_input, gate_dim = self.gated_input(features, targets)
         logits = self.classifier(gated_input)
         if pathways is None:
             pathways = self.training
