@@ -23,13 +23,12 @@ import time
 from typing import Optional, Sequence
 
 from .applications import DEFAULT_EPSILON, DEFAULT_PGD_STEPS, KEEP_FRACTION
-from .data import DATASET_SPEC_HELP, load_dataset
+from .data import DATASET_SPEC_HELP
 from .report import compare_table, write_report
 from .report.applications import ApplicationMetrics, write_detection, write_localisation
 from .report.car_report import car_agreement
 from .report.comparison import BUDGETS, run_comparison
-from .train import NonFiniteLossError, TrainConfig, load_config, load_summary, train
-from .train.checkpoint import atomic_write_text
+from .train import NonFiniteLossError, TrainConfig, load_config, train
 from .train.methods import METHOD_HELP, METHOD_NAMES
 
 # Errors that bad input causes (a wrong option, a missing or foreign file, a diverging run): the command

@@ -128,7 +128,7 @@ def detect(net: RawPixelNet, reference: DetectionReference, dataset: Dataset, *,
     check_attack_options(epsilon, steps, step_size)
     generator = torch.Generator(net.device).manual_seed(seed)
     count = len(dataset) if limit is None else min(limit, len(dataset))
-    clean_scores, clean_correct, clean_predicted, labels_all = [], [], [], []
+    clean_scores, clean_predicted, labels_all = [], [], []
     per_attack = {name: {"scores": [], "predicted": []} for name in ATTACKS}
     seen = 0
     for images, labels in DataLoader(dataset, batch_size=batch_size, shuffle=False):

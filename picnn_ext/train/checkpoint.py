@@ -25,7 +25,7 @@ from typing import Any, Dict, Iterator, List, Optional
 import numpy as np
 import torch
 
-from .._safe_load import UnsafeFileError, safe_torch_load
+from .._safe_load import UnsafeFileError, safe_torch_load  # noqa: F401  (UnsafeFileError: re-exported)
 from .config import TrainConfig, differing_keys
 
 CONFIG_FILE = "config.json"

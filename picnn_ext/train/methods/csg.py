@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from typing import Dict, List
 
-import torch
 from torch import nn
 
 from ...nn import CSG
