@@ -111,6 +111,14 @@ def _pixel_value(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number or a fraction such as 8/255, got {text!r}") from None
 
 
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    """RUN_DIR and the options of the commands that measure a finished run on its test split."""
+    parser.add_argument("run_dir", metavar="RUN_DIR")
+    parser.add_argument("--out", metavar="DIR", help="where to write (default: RUN_DIR)")
+    parser.add_argument("--max-images", type=int, help="only the first N test images")
+    parser.add_argument("--device", default="cpu", help="(default: cpu)")
+
+
 def _add_attack_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epsilon", type=_pixel_value, default=DEFAULT_EPSILON,
                         help="L-infinity radius in raw pixel units of [0, 1] images, a number or a fraction "
@@ -193,13 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "the gradient map of their mean activation and Grad-CAM, top pixels kept, IoU with the "
                     "object mask. Writes localisation.json and localisation.png.",
     )
-    localize_parser.add_argument("run_dir", metavar="RUN_DIR")
-    localize_parser.add_argument("--out", metavar="DIR", help="where to write (default: RUN_DIR)")
+    _add_run_options(localize_parser)
     localize_parser.add_argument("--keep", type=float, default=KEEP_FRACTION,
                                  help=f"share of each map's pixels kept (default: {KEEP_FRACTION})")
     localize_parser.add_argument("--num-examples", type=int, default=8, help="images in the figure (default: 8)")
-    localize_parser.add_argument("--max-images", type=int, help="only the first N test images")
-    localize_parser.add_argument("--device", default="cpu", help="(default: cpu)")
 
     detect_parser = commands.add_parser(
         "detect", help="FGSM and PGD against a run and the AUROC of the filter-agreement detector",
@@ -207,11 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "with the predicted class separates clean from adversarial images. Writes detection.json "
                     "and detection.png.",
     )
-    detect_parser.add_argument("run_dir", metavar="RUN_DIR")
-    detect_parser.add_argument("--out", metavar="DIR", help="where to write (default: RUN_DIR)")
+    _add_run_options(detect_parser)
     _add_attack_options(detect_parser)
-    detect_parser.add_argument("--max-images", type=int, help="attack only the first N test images")
-    detect_parser.add_argument("--device", default="cpu", help="(default: cpu)")
     return parser
 
 

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .network import RawPixelNet
 
-__all__ = ["ClassFilters", "class_filter_weights", "class_mean_activation", "top_filters"]
+__all__ = ["ClassFilters", "class_filter_weights", "class_mean_activation", "class_means", "top_filters"]
 
 BATCH_SIZE = 256
 
@@ -30,19 +30,27 @@ class ClassFilters:
 
 
 @torch.no_grad()
-def class_mean_activation(net: RawPixelNet, dataset: Dataset, num_classes: int) -> torch.Tensor:
-    """(C, K): the mean over the images of each class of the spatially pooled map a = GAP(A)."""
+def class_means(net: RawPixelNet, dataset: Dataset, num_classes: int, row_of) -> torch.Tensor | None:
+    """(C, D): the mean over the images of each class of ``row_of(raw_images)`` (B, D); None where
+    ``row_of`` gives None (the method has no such rows). Raises ValueError on an empty data set."""
     sums, counts = None, torch.zeros(num_classes, dtype=torch.float64)
     for images, labels in DataLoader(dataset, batch_size=BATCH_SIZE, shuffle=False):
-        raw = net.splits.to_raw(images.to(net.device))
-        a = net.features(raw).double().mean(dim=(2, 3)).cpu()  # (B, K)
+        rows = row_of(net.splits.to_raw(images.to(net.device)))
+        if rows is None:
+            return None
+        rows = rows.double().cpu()
         if sums is None:
-            sums = torch.zeros(num_classes, a.shape[1], dtype=torch.float64)
-        sums.index_add_(0, labels, a)
+            sums = torch.zeros(num_classes, rows.shape[1], dtype=torch.float64)
+        sums.index_add_(0, labels, rows)
         counts += torch.bincount(labels, minlength=num_classes).double()
     if sums is None:
-        raise ValueError("class_mean_activation: the data set is empty")
+        raise ValueError("class means: the data set is empty")
     return (sums / counts.clamp(min=1.0)[:, None]).float()
+
+
+def class_mean_activation(net: RawPixelNet, dataset: Dataset, num_classes: int) -> torch.Tensor:
+    """(C, K): the mean over the images of each class of the spatially pooled map a = GAP(A)."""
+    return class_means(net, dataset, num_classes, lambda raw: net.features(raw).double().mean(dim=(2, 3)))
 
 
 def top_filters(class_means: torch.Tensor, count: int) -> torch.Tensor:

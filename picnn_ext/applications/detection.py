@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .attacks import DEFAULT_EPSILON, DEFAULT_PGD_STEPS, check_attack_options, fgsm, pgd
-from .class_filters import ClassFilters
+from .class_filters import ClassFilters, class_means
 from .network import RawPixelNet
 
 __all__ = ["AttackResult", "DetectionReference", "DetectionResult", "auroc", "detect", "detection_reference",
@@ -82,20 +82,10 @@ def detection_reference(net: RawPixelNet, filters: ClassFilters, train_dataset: 
     """Path distance where the method has calculation paths (their class means over the training split),
     filter agreement with ``filters`` otherwise."""
     dataset = train_dataset if train_dataset is not None else net.splits.train
-    num_classes = net.splits.num_classes
-    sums, counts = None, torch.zeros(num_classes, dtype=torch.float64)
-    for images, labels in DataLoader(dataset, batch_size=BATCH_SIZE, shuffle=False):
-        paths = net.calculation_path(net.splits.to_raw(images.to(net.device)))
-        if paths is None:
-            return DetectionReference("filter agreement", weights=filters.weights)
-        paths = paths.double().cpu()
-        if sums is None:
-            sums = torch.zeros(num_classes, paths.shape[1], dtype=torch.float64)
-        sums.index_add_(0, labels, paths)
-        counts += torch.bincount(labels, minlength=num_classes).double()
-    if sums is None:
-        raise ValueError("detection_reference: the training split is empty")
-    class_paths = (sums / counts.clamp(min=1.0)[:, None]).float().to(net.device)
+    class_paths = class_means(net, dataset, net.splits.num_classes, net.calculation_path)
+    if class_paths is None:
+        return DetectionReference("filter agreement", weights=filters.weights)
+    class_paths = class_paths.to(net.device)
     return DetectionReference("path distance", class_paths=class_paths)
 
 

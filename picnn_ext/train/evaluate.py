@@ -32,13 +32,6 @@ class EvalResult:
     def acc1(self) -> float:
         return self.accuracies["acc1"]
 
-    def __getattr__(self, name: str):
-        # acc2, acc3, ... of the methods that have them.
-        accuracies = self.__dict__.get("accuracies", {})
-        if name in accuracies:
-            return accuracies[name]
-        raise AttributeError(name)
-
     def metrics(self) -> Dict[str, float]:
         values = dict(self.accuracies)
         if self.mis is not None:
