@@ -9,6 +9,8 @@
 #include <sstream>
 #include <string>
 
+#include "cpu/philox_cpu.h"
+
 namespace picnn {
 namespace {
 
@@ -23,6 +25,7 @@ std::string build_info() {
 #endif
   out << "cxx_standard=" << __cplusplus << ";";
   out << "float_vector_width=" << at::vec::Vectorized<float>::size() << ";";
+  out << "philox=" << philox_cpu_version() << ";";
   out << "parallel=" << (AT_PARALLEL_OPENMP ? "openmp" : AT_PARALLEL_NATIVE ? "native" : "none") << ";";
   return out.str();
 }

@@ -67,9 +67,10 @@ def test_explicit_generator_repeats_and_leaves_the_default_alone(backend):
 
 
 @needs_native_cpu
-def test_compiled_and_python_cpu_backends_draw_identical_masks():
-    p = torch.rand(50, 70)
-    x = torch.randn(50, 70, 3)
+@pytest.mark.parametrize("shape", [(50, 70), (301, 257)])  # a partial tail of lanes; several parallel blocks
+def test_compiled_and_python_cpu_backends_draw_identical_masks(shape):
+    p = torch.rand(*shape)
+    x = torch.randn(*shape, 3)
     torch.manual_seed(5)
     native = torch.ops.picnn.bernoulli_gate(x, p, True, None, None, 1)[1]
     logits_native = torch.ops.picnn.sample_class(torch.randn(40, 9, generator=torch.Generator().manual_seed(0)),

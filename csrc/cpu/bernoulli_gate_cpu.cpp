@@ -15,6 +15,7 @@
 #include "../common/checks.h"
 #include "../common/philox.h"
 #include "multiversion.h"
+#include "philox_cpu.h"
 #include "random_cpu.h"
 
 namespace picnn {
@@ -34,11 +35,18 @@ at::Tensor philox_uniform_cpu(const at::Tensor& like, int64_t seed, int64_t offs
   TORCH_CHECK_VALUE(like.dim() == 2, "philox_uniform: like must have shape (B, K), got ", like.sizes());
   at::Tensor u = at::empty(like.sizes(), like.options().dtype(at::kFloat));
   float* out = u.data_ptr<float>();
-  at::parallel_for(0, u.numel(), kGrainElements, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      out[i] = philox_uniform(static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), static_cast<uint64_t>(i));
+  const int64_t n = u.numel();
+  constexpr int64_t kChunk = 4096;  // elements per task, a multiple of 4
+  at::parallel_for(0, (n + kChunk - 1) / kChunk, 8, [&](int64_t first, int64_t last) {
+    alignas(64) float drawn[kChunk];
+    for (int64_t chunk = first; chunk < last; ++chunk) {
+      const int64_t start = chunk * kChunk;
+      const int64_t len = std::min(kChunk, n - start);
+      philox_uniform_blocks(static_cast<uint64_t>(seed), static_cast<uint64_t>(offset),
+                            static_cast<uint64_t>(start / 4), (len + 3) / 4, drawn);
+      std::copy(drawn, drawn + len, out + start);
     }
-  });  // a test and diagnostic op: the simple per-element form is fast enough
+  });
   return u;
 }
 
@@ -54,44 +62,6 @@ PICNN_MULTIVERSION bool all_probabilities(const scalar_t* p, int64_t n) {
     bad |= static_cast<int>(!(v >= acc_t(0))) | static_cast<int>(!(v <= acc_t(1)));
   }
   return bad == 0;
-}
-
-// Uniforms of Philox blocks first_block .. first_block + kPhiloxLanes (offset 0), four per block, in
-// element order. The blocks run side by side as lanes (structure of arrays), which vectorises the
-// 32x32->64-bit products; philox_block() computes the same words one block at a time.
-constexpr int kPhiloxLanes = 16;
-
-PICNN_MULTIVERSION void philox_uniform_lanes(uint64_t seed, uint64_t first_block, float* out) {
-  uint32_t c0[kPhiloxLanes], c1[kPhiloxLanes], c2[kPhiloxLanes], c3[kPhiloxLanes];
-  for (int l = 0; l < kPhiloxLanes; ++l) {
-    const uint64_t block = first_block + static_cast<uint64_t>(l);
-    c0[l] = 0;  // counter (offset / 4, block) with offset 0
-    c1[l] = 0;
-    c2[l] = static_cast<uint32_t>(block);
-    c3[l] = static_cast<uint32_t>(block >> 32);
-  }
-  uint32_t key0 = static_cast<uint32_t>(seed), key1 = static_cast<uint32_t>(seed >> 32);
-  for (int round = 0; round < 10; ++round) {
-#pragma omp simd
-    for (int l = 0; l < kPhiloxLanes; ++l) {
-      const uint64_t product0 = static_cast<uint64_t>(kPhiloxM0) * c0[l];
-      const uint64_t product1 = static_cast<uint64_t>(kPhiloxM1) * c2[l];
-      const uint32_t next0 = static_cast<uint32_t>(product1 >> 32) ^ c1[l] ^ key0;
-      const uint32_t next2 = static_cast<uint32_t>(product0 >> 32) ^ c3[l] ^ key1;
-      c1[l] = static_cast<uint32_t>(product1);
-      c3[l] = static_cast<uint32_t>(product0);
-      c0[l] = next0;
-      c2[l] = next2;
-    }
-    key0 += kPhiloxW0;
-    key1 += kPhiloxW1;
-  }
-  for (int l = 0; l < kPhiloxLanes; ++l) {
-    out[4 * l] = word_to_uniform(c0[l]);
-    out[4 * l + 1] = word_to_uniform(c1[l]);
-    out[4 * l + 2] = word_to_uniform(c2[l]);
-    out[4 * l + 3] = word_to_uniform(c3[l]);
-  }
 }
 
 // out = (u < p) as 0/1.
@@ -110,7 +80,7 @@ PICNN_MULTIVERSION void threshold_row(const scalar_t* p, const u_t* u, scalar_t*
 template <typename scalar_t>
 int64_t draw_mask(const scalar_t* prob, const opmath_t<scalar_t>* uniform, uint64_t seed, bool hard, scalar_t* out,
                   int64_t n) {
-  constexpr int64_t kBlock = 512;  // a multiple of 4 * kPhiloxLanes
+  constexpr int64_t kBlock = 512;  // a multiple of 4: every block starts on a Philox block
   std::atomic<int64_t> first_bad{n};
   // Parallel over whole blocks, so that every block starts on a multiple of 4 (a Philox block). Drawing is
   // compute-bound (ten Philox rounds per four elements), so it pays for threads sooner than the memory-bound
@@ -137,9 +107,7 @@ int64_t draw_mask(const scalar_t* prob, const opmath_t<scalar_t>* uniform, uint6
       } else if (uniform) {
         threshold_row(pb, uniform + start, ob, len);
       } else {
-        for (int64_t group = 0; group < len; group += 4 * kPhiloxLanes) {
-          philox_uniform_lanes(seed, static_cast<uint64_t>((start + group) / 4), drawn + group);
-        }
+        philox_uniform_blocks(seed, 0, static_cast<uint64_t>(start / 4), (len + 3) / 4, drawn);
         threshold_row(pb, drawn, ob, len);
       }
     }

@@ -62,14 +62,12 @@ class _SelectRowsST(torch.autograd.Function):
     grad_onehot = grad_p @ P^T and grad_P = onehot^T @ grad_p.
     """
 
+    # forward(ctx, ...) rather than a separate setup_context: torch binds the arguments of the latter form
+    # with inspect.signature on every call (18 us per apply on the CPU, more than the gather itself).
     @staticmethod
-    def forward(onehot, P, index):
-        return P.index_select(0, index)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        onehot, P, _index = inputs
+    def forward(ctx, onehot, P, index):
         ctx.save_for_backward(onehot, P)
+        return P.index_select(0, index)
 
     @staticmethod
     def backward(ctx, grad_p):

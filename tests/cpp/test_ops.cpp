@@ -7,9 +7,12 @@
 #include <cstdio>
 #include <cstdlib>
 #include <optional>
+#include <string>
 #include <tuple>
+#include <vector>
 
 #include "common/philox.h"
+#include "cpu/philox_cpu.h"
 
 namespace {
 
@@ -38,6 +41,49 @@ void test_philox_known_answer() {
   const picnn::PhiloxBlock out = picnn::philox4x32_10(picnn::PhiloxBlock{{0, 0, 0, 0}}, 0, 0);
   expect(out.v[0] == 0x6627e8d5u && out.v[1] == 0xe169c58du && out.v[2] == 0xbc57ac4cu && out.v[3] == 0x9b00dbd8u,
          "Philox4x32-10 known answer");
+}
+
+// Every vectorised version of the CPU draw that this CPU runs gives, element for element, philox_block's
+// words: any seed and offset, block counts that are not a multiple of the lanes, and groups of blocks whose
+// counter's low word wraps (2^32 blocks are 2^34 elements, too many for a tensor in a test).
+void test_philox_cpu_versions() {
+  using Version = void (*)(uint64_t, uint64_t, uint64_t, int64_t, float*);
+  struct Named {
+    const char* name;
+    Version fn;
+    bool runs;
+  };
+  const Named versions[] = {{"portable", &picnn::philox_versions::portable, true},
+                            {"avx2", &picnn::philox_versions::avx2, picnn::philox_versions::avx2_supported()},
+                            {"avx512", &picnn::philox_versions::avx512, picnn::philox_versions::avx512_supported()}};
+  const uint64_t seeds[] = {0, 42, (uint64_t{1} << 40) + 7, (uint64_t{1} << 63) - 1, ~uint64_t{0}};
+  const uint64_t offsets[] = {0, 8, (uint64_t{1} << 35) + 4, (uint64_t{1} << 63) + 12};
+  const uint64_t first_blocks[] = {0, 3, (uint64_t{1} << 32) - 21, (uint64_t{1} << 32) - 16, (uint64_t{1} << 33) + 5};
+  const int64_t counts[] = {0, 1, 7, 8, 16, 37, 128};
+  for (const Named& version : versions) {
+    if (!version.runs) {
+      std::printf("skip: Philox CPU version %s (this CPU lacks it)\n", version.name);
+      continue;
+    }
+    int mismatches = 0;
+    for (uint64_t seed : seeds) {
+      for (uint64_t offset : offsets) {
+        for (uint64_t first : first_blocks) {
+          for (int64_t count : counts) {
+            std::vector<float> out(4 * count + 1, -1.0f);
+            version.fn(seed, offset, first, count, out.data());
+            for (int64_t j = 0; j < count; ++j) {
+              const picnn::PhiloxBlock words = picnn::philox_block(seed, offset, first + j);
+              for (int w = 0; w < 4; ++w) mismatches += out[4 * j + w] != picnn::word_to_uniform(words.v[w]);
+            }
+            mismatches += out[4 * count] != -1.0f;  // nothing written past the last block
+          }
+        }
+      }
+    }
+    const std::string what = std::string("Philox CPU version ") + version.name + " equals philox_block";
+    expect(mismatches == 0, what.c_str());
+  }
 }
 
 void test_gate_forward_and_backward(at::MemoryFormat format) {
@@ -106,6 +152,7 @@ void test_bad_input_is_rejected() {
 
 int main() {
   test_philox_known_answer();
+  test_philox_cpu_versions();
   test_gate_forward_and_backward(at::MemoryFormat::Contiguous);
   test_gate_forward_and_backward(at::MemoryFormat::ChannelsLast);
   test_sample_class();
