@@ -15,6 +15,10 @@ region below tens of thousands of elements), so its CPU time is its cost. Best o
 - `engine floor`: y = x * p and torch.autograd.grad of it, a one-op graph of built-in ATen ops: the cost of
   autograd.grad and a node that no custom op can go below; minus its own two multiplications' kernels.
 - `eager composition`: x * (p + sg(bernoulli(p) - p)) and its gradient, as in gate_cases.py.
+- `per gate in a graph of M`: M gates (each with its own p) in one graph and one torch.autograd.grad, as in a
+  training step (one backward for every op): the slope of the time over M, so that what autograd.grad
+  costs once per call is not charged to each op. Its excess over the two kernels is the op's own overhead
+  (its autograd node, the engine's work per node, the Python wrapper); `x * p` the same way for comparison.
 """
 import argparse
 import time
@@ -59,6 +63,17 @@ def main(argv=None):
         y = x * (p + (m - p).detach()).view(view)
         torch.autograd.grad(y, (x, p), grad_y)
 
+    def graph_of(gates: int, op):
+        ps = [torch.rand(B, K, requires_grad=True) for _ in range(gates)]
+
+        def run():
+            outputs = [op(x, q) for q in ps]
+            torch.autograd.grad(outputs, (x, *ps), [grad_y] * gates)
+        return run
+
+    def per_op(op, calls):  # slope between graphs of 1 and 9 ops
+        return (cpu_time(graph_of(9, op), calls // 9 + 1) - cpu_time(graph_of(1, op), calls)) / 8
+
     pv = pd.view(view)
     times = {
         "forward kernel": cpu_time(lambda: forward(xd, pd, True, None, None, 1), args.calls),
@@ -67,6 +82,8 @@ def main(argv=None):
         "engine floor (x * p and its grad)": cpu_time(engine, args.calls),
         "  its kernels: 3 multiplications": cpu_time(lambda: (xd * pv, grad_y * pv, grad_y * xd), args.calls),
         "eager composition forward+backward": cpu_time(eager, args.calls),
+        "per gate in a graph of M": per_op(lambda a, q: ops.bernoulli_gate(a, q)[0], args.calls),
+        "per x * p in a graph of M": per_op(lambda a, q: a * q.view(view), args.calls),
     }
     print(f"shape {shape}, {torch.get_num_threads()} thread(s), torch {torch.__version__}; CPU time per call, "
           f"best of 5 x {args.calls}")
@@ -77,6 +94,10 @@ def main(argv=None):
     floor = times["engine floor (x * p and its grad)"] - times["  its kernels: 3 multiplications"]
     print(f"  per-call overhead (fused - kernels)    {overhead * 1e6:8.1f} us")
     print(f"  autograd floor (engine - its kernels)  {floor * 1e6:8.1f} us")
+    marginal = times["per gate in a graph of M"] - kernels
+    builtin = times["per x * p in a graph of M"] - times["  its kernels: 3 multiplications"]
+    print(f"  per-gate overhead in a graph (slope - kernels)  {marginal * 1e6:8.1f} us")
+    print(f"  per x * p overhead in a graph (slope - kernels) {builtin * 1e6:8.1f} us")
     print(f"  eager / fused                          {times['eager composition forward+backward'] / times['fused forward+backward']:8.2f}x")
 
 

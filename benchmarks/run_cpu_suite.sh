@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The CPU benchmark suite in both allocator regimes: the gate (fused, eager and compiled composition, bare
-# kernels, copy) and the PICNN head step (picnn_ext, authors, eager and compiled composition), then the tables.
+# kernels, copy) and the PICNN head step (picnn_ext, authors, eager and compiled composition), then the tables;
+# then both again with the implementations interleaved round by round (benchmarks/interleaved.py), whose
+# ratios a drifting machine moves less.
 #
 #   bash benchmarks/run_cpu_suite.sh [OUTPUT_DIR]        # default: bench-out
 #
@@ -9,7 +11,7 @@
 #            reused: no page faults from fresh mappings; the ratios are those of the work done.
 #   default: glibc's defaults, what a training process sees unless told otherwise: blocks above the
 #            (dynamic) mmap threshold are mapped and unmapped per call, and their page faults vary run to run.
-# Switches: PYTHON (default .venv/bin/python), PICNN_SUITE_BENCHES (default "gate picnn_step"),
+# Switches: PYTHON (default .venv/bin/python), PICNN_SUITE_BENCHES (default "gate picnn_step interleaved"),
 # PICNN_SUITE_REGIMES (default "keep default"), PICNN_SUITE_TIMER:
 #   wall (default): wall-clock time with torch's default threads (2 here), what a quiet machine shows;
 #   cpu: one thread (OMP_NUM_THREADS=1) timed by process CPU time (--benchmark-timer=time.process_time), which
@@ -19,7 +21,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-bench-out}
 PYTHON=${PYTHON:-.venv/bin/python}
-BENCHES=${PICNN_SUITE_BENCHES:-gate picnn_step}
+BENCHES=${PICNN_SUITE_BENCHES:-gate picnn_step interleaved}
 REGIMES=${PICNN_SUITE_REGIMES:-keep default}
 mkdir -p "$OUT"
 status=0
@@ -38,6 +40,13 @@ for regime in $REGIMES; do
   esac
   for bench in $BENCHES; do
     json="$OUT/$bench-$regime.json"
+    if [ "$bench" = interleaved ]; then  # both benchmarks again, implementations alternating (interleaved.py)
+      echo "=== interleaved gate and PICNN step, allocator regime $regime ==="
+      env -u MALLOC_MMAP_THRESHOLD_ -u MALLOC_TRIM_THRESHOLD_ "${env_vars[@]}" "$PYTHON" benchmarks/interleaved.py \
+        --json "$OUT/interleaved-$regime.out.json" > "$OUT/interleaved-$regime.md" || { echo "FAILED: interleaved"; status=1; }
+      cat "$OUT/interleaved-$regime.md"
+      continue
+    fi
     echo "=== $bench, allocator regime $regime ==="
     if ! env -u MALLOC_MMAP_THRESHOLD_ -u MALLOC_TRIM_THRESHOLD_ "${env_vars[@]}" \
         "$PYTHON" -m pytest "${FILES[$bench]}" -q -p no:cacheprovider "${timer_args[@]}" --benchmark-json="$json"; then
@@ -45,7 +54,7 @@ for regime in $REGIMES; do
     fi
   done
 done
-jsons=$(ls "$OUT"/*.json 2>/dev/null)
+jsons=$(ls "$OUT"/*.json 2>/dev/null | grep -v "\.out\.json$")
 if [ -n "$jsons" ]; then
   # shellcheck disable=SC2086
   "$PYTHON" benchmarks/report.py $jsons --out "$OUT/tables.md" || status=1

@@ -48,6 +48,16 @@ def philox4x32_10(counter, key):
     return c0, c1, c2, c3
 
 
+_MASK62 = (1 << 62) - 1
+
+
+def _as_int64(value):
+    """A Python int in [0, 2^64) as the int64 with the same 64 bits (what the ops' int arguments carry)."""
+    if isinstance(value, int) and value >= 1 << 63:
+        return value - (1 << 64)
+    return value
+
+
 def philox_uniform(like: torch.Tensor, seed, offset) -> torch.Tensor:
     """float32 uniforms in [0, 1) shaped like `like`: element i is word i % 4 of the Philox block of counter
     (offset // 4, i // 4) under key `seed` (csrc/common/philox.h).
@@ -57,9 +67,11 @@ def philox_uniform(like: torch.Tensor, seed, offset) -> torch.Tensor:
     """
     n = like.numel()
     block = torch.arange((n + 3) // 4, dtype=torch.int64, device=like.device)
-    seed = torch.as_tensor(seed, dtype=torch.int64, device=like.device)
-    offset = torch.as_tensor(offset, dtype=torch.int64, device=like.device)
-    step = offset >> 2
+    seed = torch.as_tensor(_as_int64(seed), dtype=torch.int64, device=like.device)
+    offset = torch.as_tensor(_as_int64(offset), dtype=torch.int64, device=like.device)
+    # The kernels shift the offset as an unsigned 64-bit number; int64's >> copies the sign bit, so an offset
+    # of 2^63 or more (a negative int64) needs its two top bits cleared to give the same counter.
+    step = (offset >> 2) & _MASK62
     words = philox4x32_10((step & _MASK32, (step >> 32) & _MASK32, block & _MASK32, (block >> 32) & _MASK32),
                           (seed & _MASK32, (seed >> 32) & _MASK32))
     word = torch.stack(words, dim=1).flatten()[:n]

@@ -32,6 +32,21 @@ def test_every_backend_draws_the_same_uniforms_for_the_same_key(backend, seed, o
         assert u.flatten()[0].item() == (0x6627E8D5 >> 8) / 2**24
 
 
+@pytest.mark.parametrize("offset", [2**63, 2**63 + 12, 2**64 - 4])
+def test_offsets_of_2_to_the_63_and_more_give_the_unsigned_counter(backend, offset):
+    """The ops carry the offset as int64 bits and shift it as an unsigned number (csrc/common/philox.h)."""
+    seed, like = 2**40 + 3, torch.empty(3, 10, device=backend.device)
+    step = offset >> 2  # Python ints: the unsigned shift
+    expected = []
+    for i in range(like.numel()):
+        words = reference.philox4x32_10((step & 0xFFFFFFFF, step >> 32, i // 4, 0), (seed & 0xFFFFFFFF, seed >> 32))
+        expected.append((int(words[i % 4]) >> 8) / 2**24)
+    expected = torch.tensor(expected, dtype=torch.float32).reshape(like.shape)
+    as_int64 = offset - 2**64
+    assert torch.equal(backend.ops.philox_uniform(like, seed, as_int64).cpu(), expected)
+    assert torch.equal(reference.philox_uniform(like.cpu(), seed, offset), expected)
+
+
 def test_uniforms_are_uniform():
     u = reference.philox_uniform(torch.empty(1000, 1000), 42, 0).double()
     assert abs(u.mean().item() - 0.5) < 5 * (1 / 12 / u.numel()) ** 0.5
