@@ -31,11 +31,19 @@ GATE_IMPLEMENTATIONS = ("fused", "eager", "compile", "kernels")
 STEP_CASES = [picnn_step_cases.StepCase("cpu", 64, 512, classes) for classes in (10, 1000)]
 
 
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def environment_line() -> str:
     """The machine, torch, threads and allocator regime, as report.py words them for pytest-benchmark runs."""
     machine = {"malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
                "ld_preload": os.environ.get("LD_PRELOAD", "")}
-    return (f"Device: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; torch {torch.__version__} "
+    return (f"Device: {cpu_name()}, {os.cpu_count()} CPUs; torch {torch.__version__} "
             f"({torch.get_num_threads()} threads); allocator: {allocator_regime(machine)}; "
             f"load average at start {os.getloadavg()}; run {time.strftime('%Y-%m-%dT%H:%M:%S%z')}")
 
