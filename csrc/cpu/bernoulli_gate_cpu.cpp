@@ -13,7 +13,6 @@
 #include <atomic>
 
 #include "../common/checks.h"
-#include "../common/philox.h"
 #include "multiversion.h"
 #include "philox_cpu.h"
 #include "random_cpu.h"
