@@ -18,7 +18,7 @@ region below tens of thousands of elements), so its CPU time is its cost. Best o
 - `per gate in a graph of M`: M gates (each with its own p) in one graph and one torch.autograd.grad, as in a
   training step (one backward for every op): the slope of the time over M, so that what autograd.grad
   costs once per call is not charged to each op. Its excess over the two kernels is the op's own overhead
-  (its autograd node, the engine's work per node, the Python wrapper); `x * p` the same way for comparison.
+  (its autograd node, the engine's work per node, the Python wrapper).
 """
 import argparse
 import time
@@ -83,7 +83,6 @@ def main(argv=None):
         "  its kernels: 3 multiplications": cpu_time(lambda: (xd * pv, grad_y * pv, grad_y * xd), args.calls),
         "eager composition forward+backward": cpu_time(eager, args.calls),
         "per gate in a graph of M": per_op(lambda a, q: ops.bernoulli_gate(a, q)[0], args.calls),
-        "per x * p in a graph of M": per_op(lambda a, q: a * q.view(view), args.calls),
     }
     print(f"shape {shape}, {torch.get_num_threads()} thread(s), torch {torch.__version__}; CPU time per call, "
           f"best of 5 x {args.calls}")
@@ -95,9 +94,7 @@ def main(argv=None):
     print(f"  per-call overhead (fused - kernels)    {overhead * 1e6:8.1f} us")
     print(f"  autograd floor (engine - its kernels)  {floor * 1e6:8.1f} us")
     marginal = times["per gate in a graph of M"] - kernels
-    builtin = times["per x * p in a graph of M"] - times["  its kernels: 3 multiplications"]
     print(f"  per-gate overhead in a graph (slope - kernels)  {marginal * 1e6:8.1f} us")
-    print(f"  per x * p overhead in a graph (slope - kernels) {builtin * 1e6:8.1f} us")
     print(f"  eager / fused                          {times['eager composition forward+backward'] / times['fused forward+backward']:8.2f}x")
 
 

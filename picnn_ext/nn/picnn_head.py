@@ -63,7 +63,8 @@ class _SelectRowsST(torch.autograd.Function):
     """
 
     # forward(ctx, ...) rather than a separate setup_context: torch binds the arguments of the latter form
-    # with inspect.signature on every call (18 us per apply on the CPU, more than the gather itself).
+    # with inspect.signature on every call (30 us more per apply on the CPU,
+    # benchmarks/profile_pieces.py: more than the gather itself).
     @staticmethod
     def forward(ctx, onehot, P, index):
         ctx.save_for_backward(onehot, P)

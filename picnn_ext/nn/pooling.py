@@ -18,10 +18,10 @@ __all__ = ["gated_input_of", "global_pool"]
 class _GlobalMean(torch.autograd.Function):
     """features.mean(dims), whose gradient is the broadcast view of grad / S (stride 0 over the positions).
 
-    ATen's own mean backward materialises `grad.expand(...) / S` in a TensorIterator pass that was 4x slower
-    than a copy of the map on the CPU (850 us against 200 us for (64, 512, 7, 7), two threads): the largest
-    single cost of a PICNN head step. The view costs nothing; the backbone's next backward reads it (a
-    binary op reads a broadcast input as fast as a dense one, and a convolution makes it dense at copy speed).
+    ATen's own mean backward materialises `grad.expand(...) / S` in a TensorIterator pass that was 4.5x slower
+    than a copy of the map on the CPU (902 us against 199 us for (64, 512, 7, 7), two threads;
+    benchmarks/profile_pieces.py): the largest single cost of a PICNN head step. The view costs nothing here;
+    the backbone's next backward reads it (a convolution's backward makes it dense, at copy speed).
     """
 
     @staticmethod
