@@ -107,6 +107,12 @@ std::tuple<at::Tensor, at::Tensor> bernoulli_gate_autograd(const at::Tensor& x, 
                                                             const std::optional<at::Tensor>& noise,
                                                             std::optional<at::Generator> generator,
                                                             int64_t channel_dim) {
+  // Nothing to record (inference, or inputs without grad): skip the node, whose allocation and saved
+  // tensors cost more than a small gate's kernel.
+  if (!at::GradMode::is_enabled() || !(x.requires_grad() || p.requires_grad())) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return gate_op().call(x, p, hard, noise, std::move(generator), channel_dim);
+  }
   variable_list out = BernoulliGateFunction::apply(x, p, hard, noise, std::move(generator), channel_dim);
   return {std::move(out[0]), std::move(out[1])};
 }

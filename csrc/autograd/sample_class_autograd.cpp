@@ -69,6 +69,10 @@ class SampleClassFunction : public torch::autograd::Function<SampleClassFunction
 std::tuple<at::Tensor, at::Tensor> sample_class_autograd(const at::Tensor& logits,
                                                          const std::optional<at::Tensor>& noise,
                                                          std::optional<at::Generator> generator) {
+  if (!at::GradMode::is_enabled() || !logits.requires_grad()) {  // nothing to record: no node
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return sample_op().call(logits, noise, std::move(generator));
+  }
   variable_list out = SampleClassFunction::apply(logits, noise, std::move(generator));
   return {std::move(out[0]), std::move(out[1])};
 }

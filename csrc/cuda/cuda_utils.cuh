@@ -26,6 +26,52 @@ struct alignas(sizeof(T) * N) Pack {
   T v[N];
 };
 
+// A tensor of any floating dtype (p, the mask, noise, grad_p), read and written one value at a time in
+// double: these are (B, K) values touched once per (sample, channel), so a switch on the dtype (uniform across
+// the warp) costs nothing next to the element loops, and the kernels need no conversion launches and no
+// instantiation per pair of dtypes (under autocast, x is bfloat16 while p stays float32).
+struct FloatArray {
+  void* data = nullptr;
+  at::ScalarType type = at::kFloat;
+
+  FloatArray() = default;
+  explicit FloatArray(const at::Tensor& t) {
+    if (t.defined()) {
+      data = t.data_ptr();
+      type = t.scalar_type();
+    }
+  }
+
+  __device__ __forceinline__ double load(int64_t i) const {
+    switch (type) {
+      case at::kDouble:
+        return static_cast<const double*>(data)[i];
+      case at::kHalf:
+        return static_cast<float>(static_cast<const at::Half*>(data)[i]);
+      case at::kBFloat16:
+        return static_cast<float>(static_cast<const at::BFloat16*>(data)[i]);
+      default:
+        return static_cast<const float*>(data)[i];
+    }
+  }
+
+  __device__ __forceinline__ void store(int64_t i, double value) const {
+    switch (type) {
+      case at::kDouble:
+        static_cast<double*>(data)[i] = value;
+        break;
+      case at::kHalf:
+        static_cast<at::Half*>(data)[i] = at::Half(static_cast<float>(value));
+        break;
+      case at::kBFloat16:
+        static_cast<at::BFloat16*>(data)[i] = at::BFloat16(static_cast<float>(value));
+        break;
+      default:
+        static_cast<float*>(data)[i] = static_cast<float>(value);
+    }
+  }
+};
+
 // Elements per 16-byte access.
 template <typename scalar_t>
 constexpr int vec_width() {

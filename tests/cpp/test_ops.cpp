@@ -4,6 +4,7 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <optional>
@@ -11,6 +12,7 @@
 #include <tuple>
 #include <vector>
 
+#include "common/gate_spans.h"
 #include "common/philox.h"
 #include "cpu/philox_cpu.h"
 
@@ -150,9 +152,70 @@ void test_bad_input_is_rejected() {
 
 }  // namespace
 
+// The index arithmetic of the CUDA gate kernels (common/gate_spans.h), run here as the kernels run it: every
+// element of every row lands in exactly one head, pack or tail, whatever S, K and the vector width; position
+// chunks cover every position once with runs below 2^31 elements; every lane of a warp reads its row's
+// uniforms from a lane that computes that row's Philox block.
+void test_gate_spans() {
+  bool covered = true, packs_inside = true;
+  for (int64_t vec : {1, 2, 4, 8}) {
+    for (int64_t S : {1, 2, 3, 5, 7, 8, 9, 16, 49, 196, 197}) {
+      const int64_t rows = 11;
+      std::vector<int> count(rows * S, 0);
+      for (int64_t row = 0; row < rows; ++row) {
+        const int64_t begin = row * S, end = begin + S;
+        const picnn::PackSpan span = picnn::pack_span(begin, end, vec);
+        for (int64_t e = begin; e < span.head_end; ++e) ++count[e];
+        for (int64_t e = span.tail_begin; e < end; ++e) ++count[e];
+        for (int64_t pack = span.first_pack; pack < span.last_pack; ++pack) {
+          packs_inside = packs_inside && pack * vec >= begin && (pack + 1) * vec <= end;
+          for (int64_t e = pack * vec; e < (pack + 1) * vec; ++e) ++count[e];
+        }
+      }
+      for (int c : count) covered = covered && c == 1;
+    }
+  }
+  expect(covered, "gate spans: every element of every row in exactly one head, pack or tail");
+  expect(packs_inside, "gate spans: whole packs lie inside their row");
+
+  bool chunks_cover = true, runs_fit = true;
+  const int64_t shapes[][2] = {{1, 1}, {49, 2048}, {197, 768}, {3136, 64}, {7, 37}, {3, (int64_t{1} << 29) + 1}};
+  for (const auto& shape : shapes) {
+    const int64_t S = shape[0], K = shape[1];
+    const picnn::PositionChunks plan = picnn::position_chunks(S, K, 16384);
+    std::vector<int> count(S, 0);
+    for (int64_t chunk = 0; chunk < plan.chunks_per_sample; ++chunk) {
+      const int64_t s_begin = chunk * plan.positions_per_chunk;
+      const int64_t s_end = std::min(S, s_begin + plan.positions_per_chunk);
+      for (int64_t s = s_begin; s < s_end; ++s) ++count[s];
+      runs_fit = runs_fit && (s_end - s_begin) * K < (int64_t{1} << 31);
+    }
+    for (int c : count) chunks_cover = chunks_cover && c == 1;
+  }
+  expect(chunks_cover && picnn::position_chunks(0, 5, 16384).chunks_per_sample == 0,
+         "gate spans: position chunks cover every position once");
+  expect(runs_fit, "gate spans: a chunk's run of elements stays below 2^31 (32-bit offsets)");
+
+  bool lanes_ok = true;
+  for (int group = 1; group <= 32; group *= 2) {
+    const int64_t rows_per_warp = 32 / group;
+    for (int64_t base = 0; base < 64; base += rows_per_warp) {
+      for (int lane = 0; lane < 32; ++lane) {
+        const int64_t row = base + lane / group;
+        const int source = picnn::philox_source_lane(row, base, group);
+        const int64_t source_row = base + source / group;
+        lanes_ok = lanes_ok && source >= 0 && source < 32 &&
+                   picnn::computes_philox_block(source_row, base, source, group) && (source_row >> 2) == (row >> 2);
+      }
+    }
+  }
+  expect(lanes_ok, "gate spans: each lane's Philox words come from a lane that computes its row's block");
+}
+
 int main() {
   test_philox_known_answer();
   test_philox_cpu_versions();
+  test_gate_spans();
   test_gate_forward_and_backward(at::MemoryFormat::Contiguous);
   test_gate_forward_and_backward(at::MemoryFormat::ChannelsLast);
   test_sample_class();
