@@ -58,7 +58,8 @@ def call_case(backend, case):
 
 def check_value_case_on_cuda(backend, case, message):
     """A value check on CUDA, in fresh processes: a ValueError with the host check switched on, else a
-    device-side failure (the CUDA context of that process is lost)."""
+    device-side failure (the CUDA context of that process is lost) whose assertion message, printed by the
+    device, names the argument."""
     code = (f"import sys, torch; sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
             "from conftest import Backend; from test_bad_input import call_case\n"
             f"backend = Backend({backend.namespace!r}, 'cuda')\n"
@@ -75,6 +76,9 @@ def check_value_case_on_cuda(backend, case, message):
             assert any(word in output for word in message.split("|")), output
         else:
             assert result.returncode != 0 or "RuntimeError:" in output, output
+            if backend.namespace == "picnn":  # the kernel's device-side assertion names the argument
+                assert "device-side assert" in output, output
+                assert any(word in output for word in message.split("|")), output
 
 
 @pytest.mark.parametrize("case,override,error,message", GATE_CASES, ids=[c[0] for c in GATE_CASES])

@@ -1,6 +1,6 @@
 """Shapes and storage that vectorised kernels get wrong first (issue 7's list), on every backend: a storage
-offset that breaks 16-byte alignment, rows of one and two elements, and a class draw over 21,841 classes (the
-ImageNet-21k head). Each against a float64 computation."""
+offset that breaks 16-byte alignment, rows of one and two elements, K = 0, and a class draw over 21,841 classes
+(the ImageNet-21k head); on a GPU, inputs of more than 2^31 elements. Each against a float64 computation."""
 import pytest
 import torch
 
@@ -28,6 +28,7 @@ def expected_gate(x, mask, grad_y, channel_dim):
 @pytest.mark.parametrize("shape,channel_dim", [
     ((3, 5, 1, 1), 1), ((3, 5, 1, 2), 1), ((3, 5, 2, 1), 1), ((4, 1, 3, 3), 1), ((4, 2, 3, 3), 1),
     ((3, 7, 1), -1), ((3, 7, 2), -1), ((2, 9, 5), 1), ((5, 1), 1), ((5, 2), 1), ((1, 1, 1, 1), 1),
+    ((3, 0, 4, 4), 1), ((3, 4, 0), -1), ((2, 6, 9, 9), 1),
 ])
 @pytest.mark.parametrize("aligned", [True, False], ids=["aligned", "offset1"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
@@ -63,3 +64,25 @@ def test_class_draw_over_21841_classes(backend, dtype):
     upto = cdf.gather(1, index[:, None])[:, 0]
     assert bool(((below - 1e-5 <= u.double()) & (u.double() < upto + 1e-5)).all())
     assert torch.equal(onehot.cpu(), torch.nn.functional.one_hot(index, 21841).to(dtype))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_properties(0).total_memory < 40 * 2**30,
+                    reason="needs a CUDA device with 40 GiB")
+@pytest.mark.parametrize("shape,channel_dim", [((1, 2, 2**30 + 5), 1), ((1, 2**28 + 1, 8), -1)])
+def test_more_than_2_to_the_31_elements_on_cuda(shape, channel_dim):
+    # float16 x of 2^31 + 10 and 2^31 + 8 elements; x is 0 but for its last 12 elements, so grad_p is an exact count.
+    x = torch.zeros(shape, dtype=torch.float16, device="cuda")
+    x.view(-1)[-12:] = 1
+    B, K = shape[0], shape[channel_dim]
+    p = torch.ones(B, K, device="cuda")  # every mask value 1: y is x
+    y, mask = torch.ops.picnn.bernoulli_gate(x, p, True, None, None, channel_dim)
+    assert x.numel() > 2**31 and bool((mask == 1).all())
+    assert torch.equal(y.view(-1)[-16:], x.view(-1)[-16:]) and int(y.view(-1)[: 2**31 - 4].count_nonzero()) == 0
+    del y
+    grad_x, grad_p = torch.ops.picnn.bernoulli_gate_backward(torch.ones_like(x), x, mask, channel_dim)
+    expected = torch.zeros(B * K, dtype=torch.float64)
+    last = torch.arange(x.numel() - 12, x.numel())
+    rows = last // shape[2] if channel_dim == 1 else last % K  # the (b, k) index of each nonzero element
+    expected.index_add_(0, rows, torch.ones(12, dtype=torch.float64))
+    assert torch.equal(grad_p.double().cpu().view(-1), expected)
+    assert bool((grad_x.view(-1)[-16:] == 1).all())

@@ -98,16 +98,30 @@ def test_compiled_and_python_cpu_backends_draw_identical_masks(shape):
     assert torch.equal(logits_native, logits_python)
 
 
+# Each CUDA kernel that draws: (B, K) and maps with K wider than shared memory holds take the mask kernel or the
+# channels-last forward, maps (B, K, S) the row groups of 32, 16, 8 and 1 lanes (S of 3136, 49, 10 and 2).
+CUDA_DRAW_CASES = [((64, 96), 1, False), ((2, 2, 60000), -1, False), ((64, 96, 7, 7), 1, False), ((33, 37, 2, 5), 1, False),
+                   ((5, 21, 1, 2), 1, False), ((4, 8, 56, 56), 1, False), ((64, 96, 7, 7), 1, True),
+                   ((3, 197, 77), -1, False), ((2, 3, 16385), -1, False), ((3, 37, 0, 4), 1, False)]
+
+
 @needs_cuda
-def test_cuda_masks_equal_cpu_draws_for_the_same_seed_and_offset():
+@pytest.mark.parametrize("shape,channel_dim,channels_last", CUDA_DRAW_CASES)
+def test_cuda_masks_equal_cpu_draws_for_the_same_seed_and_offset(shape, channel_dim, channels_last):
     seed, offset = 1234, 40
-    p = torch.rand(64, 96)
+    B, K = shape[0], shape[channel_dim]
+    p = torch.rand(B, K)
+    x = torch.ones(shape, device="cuda")
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
     generator = torch.Generator(device="cuda")
     generator.manual_seed(seed)
     generator.set_offset(offset)
-    _, mask = torch.ops.picnn.bernoulli_gate(torch.ones(64, 96, device="cuda"), p.cuda(), True, None, generator, 1)
+    y, mask = torch.ops.picnn.bernoulli_gate(x, p.cuda(), True, None, generator, channel_dim)
     u = torch.ops.picnn.philox_uniform(p, seed, offset)  # the compiled CPU kernel
     assert torch.equal(mask.cpu(), (u < p).float())
+    view = (B, K) + (1,) * (len(shape) - 2) if channel_dim == 1 else (B,) + (1,) * (len(shape) - 2) + (K,)
+    assert torch.equal(y.cpu(), mask.cpu().view(view).expand(shape))
 
 
 @pytest.mark.parametrize("probability", [0.0, 0.02, 0.3, 0.5, 0.97, 1.0])
@@ -150,3 +164,40 @@ def test_gate_captured_in_a_cuda_graph_draws_fresh_masks_on_each_replay():
     assert not torch.equal(masks[0], masks[1]) and not torch.equal(masks[1], masks[2])
     for m in masks:
         assert abs(m.mean().item() - 0.5) < 5 * (0.25 / m.numel()) ** 0.5
+
+
+@needs_cuda
+@pytest.mark.parametrize("shape,channel_dim,channels_last", [((64, 96, 7, 7), 1, False), ((64, 96, 7, 7), 1, True),
+                                                             ((8, 197, 96), -1, False)])
+def test_gate_replayed_from_a_cuda_graph_equals_eager(shape, channel_dim, channels_last):
+    # A replay draws with the generator's (seed, offset) at replay time: its mask, output and gradients are those
+    # of an eager call with that key.
+    B, K = shape[0], shape[channel_dim]
+    x = torch.randn(shape, device="cuda")
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    p, grad_y = torch.rand(B, K, device="cuda"), torch.randn_like(x)
+    gate, backward = torch.ops.picnn.bernoulli_gate, torch.ops.picnn.bernoulli_gate_backward
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        _, warm = gate(x, p, True, None, None, channel_dim)
+        backward(grad_y, x, warm, channel_dim)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y, mask = gate(x, p, True, None, None, channel_dim)
+        grad_x, grad_p = backward(grad_y, x, mask, channel_dim)
+    cuda_generator = torch.cuda.default_generators[torch.cuda.current_device()]
+    for _ in range(2):
+        seed, offset = cuda_generator.initial_seed(), cuda_generator.get_offset()
+        graph.replay()
+        torch.cuda.synchronize()
+        eager_generator = torch.Generator(device="cuda")
+        eager_generator.manual_seed(seed)
+        eager_generator.set_offset(offset)
+        y_eager, mask_eager = gate(x, p, True, None, eager_generator, channel_dim)
+        grad_x_eager, grad_p_eager = backward(grad_y, x, mask_eager, channel_dim)
+        assert torch.equal(mask, mask_eager) and torch.equal(y, y_eager)
+        assert torch.equal(grad_x, grad_x_eager) and torch.equal(grad_p, grad_p_eager)  # deterministic sums
+        assert torch.equal(mask.cpu(), (torch.ops.picnn.philox_uniform(p.cpu(), seed, offset) < p.cpu()).float())

@@ -13,7 +13,7 @@ def reference_draw(logits, u):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("shape", [(7, 10), (1, 1), (3, 1000), (0, 4), (33, 37)])
+@pytest.mark.parametrize("shape", [(7, 10), (1, 1), (3, 1000), (5, 3000), (0, 4), (33, 37)])
 def test_draw_and_onehot_match_reference(backend, dtype, shape):
     torch.manual_seed(0)
     logits = (3 * torch.randn(shape, dtype=torch.float64)).to(dtype).to(backend.device)

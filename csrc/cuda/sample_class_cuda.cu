@@ -1,6 +1,7 @@
-// CUDA kernels of sample_class: one warp per row draws a class from softmax(logits) by inverse CDF
-// (a warp prefix sum finds the first class whose running weight exceeds u * total), and the softmax
-// backward of the straight-through one-hot.
+// CUDA kernels of sample_class: a draw of one class per row from softmax(logits) by inverse CDF (the first
+// class whose running weight exceeds u * total), one warp per row for up to kBlockRowClasses classes and one
+// block per row above (a warp's serial walk over 32-class tiles is slow at tens of thousands of classes), and
+// the softmax backward of the straight-through one-hot.
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
@@ -30,7 +31,14 @@ __device__ T warp_max(T value) {
   return value;
 }
 
-// Row maximum; a NaN or a row without a finite maximum stops the kernel with a message.
+// A device-side assertion whose message names logits (the host sees "device-side assert triggered").
+__device__ void bad_logits(int64_t b) {
+  printf("picnn_ext sample_class: logits row %lld has a NaN or no finite maximum\n", static_cast<long long>(b));
+  __assert_fail("sample_class: logits must not be NaN and each row needs a finite maximum", __FILE__, __LINE__,
+                __func__);
+}
+
+// Row maximum; a NaN or a row without a finite maximum stops the kernel (bad_logits).
 template <typename scalar_t>
 __device__ opmath_t<scalar_t> row_max(const scalar_t* row, int64_t C, int64_t b, int lane) {
   using acc_t = opmath_t<scalar_t>;
@@ -42,12 +50,7 @@ __device__ opmath_t<scalar_t> row_max(const scalar_t* row, int64_t C, int64_t b,
     m = max(m, l);
   }
   m = warp_max(m);
-  if (__any_sync(kFullMask, has_nan) || !isfinite(m)) {
-    if (lane == 0) {
-      printf("picnn_ext sample_class: logits row %lld has a NaN or no finite maximum\n", static_cast<long long>(b));
-    }
-    __trap();
-  }
+  if (__any_sync(kFullMask, has_nan) || !isfinite(m)) bad_logits(b);
   return m;
 }
 
@@ -87,6 +90,98 @@ __global__ void sample_class_kernel(const scalar_t* __restrict__ logits, const o
     }
     if (chosen < 0) chosen = last_positive;  // rounding left u * total at the total
     if (lane == 0) {
+      index[b] = chosen;
+      onehot[b * C + chosen] = scalar_t(1);
+    }
+  }
+}
+
+constexpr int64_t kBlockRowClasses = 1024;
+
+// Block-wide reductions and scan of one value per thread (blockDim.x = kThreads), in a fixed order.
+template <typename T, typename Op>
+__device__ T block_reduce(T value, Op op, T* shared) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+#pragma unroll
+  for (int width = 16; width > 0; width /= 2) value = op(value, __shfl_xor_sync(kFullMask, value, width));
+  __syncthreads();  // `shared` may still be read from the previous call
+  if (lane == 0) shared[warp] = value;
+  __syncthreads();
+  T total = shared[0];
+  for (int w = 1; w < kThreads / 32; ++w) total = op(total, shared[w]);
+  return total;
+}
+
+// The sum of `value` over the threads before this one.
+template <typename T>
+__device__ T block_exclusive_scan(T value, T* shared) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  T inclusive = value;
+#pragma unroll
+  for (int width = 1; width < 32; width *= 2) {
+    const T from_left = __shfl_up_sync(kFullMask, inclusive, width);
+    if (lane >= width) inclusive += from_left;
+  }
+  __syncthreads();
+  if (lane == 31) shared[warp] = inclusive;
+  __syncthreads();
+  T before = 0;
+  for (int w = 0; w < warp; ++w) before += shared[w];
+  return before + inclusive - value;
+}
+
+// One block per row: thread t owns the contiguous classes [t * chunk, (t + 1) * chunk), so a scan of the
+// threads' sums gives each thread the running weight before its classes, and the thread that crosses
+// u * total walks its own classes; the smallest crossing class wins.
+template <typename scalar_t>
+__global__ void __launch_bounds__(kThreads)
+    sample_class_block_kernel(const scalar_t* __restrict__ logits, const opmath_t<scalar_t>* __restrict__ noise,
+                              scalar_t* __restrict__ onehot, int64_t* __restrict__ index, int64_t B, int64_t C,
+                              at::PhiloxCudaState philox) {
+  using acc_t = opmath_t<scalar_t>;
+  __shared__ acc_t shared[kThreads / 32];
+  __shared__ int64_t shared_index[kThreads / 32];
+  const auto [seed, offset] = at::cuda::philox::unpack(philox);
+  const int64_t chunk = (C + kThreads - 1) / kThreads;
+  const int64_t j_begin = threadIdx.x * chunk, j_end = min(C, j_begin + chunk);
+  for (int64_t b = blockIdx.x; b < B; b += gridDim.x) {
+    const scalar_t* row = logits + b * C;
+    acc_t m = -INFINITY;
+    bool has_nan = false;
+    for (int64_t j = j_begin; j < j_end; ++j) {
+      const acc_t l = static_cast<acc_t>(row[j]);
+      has_nan |= isnan(l);
+      m = max(m, l);
+    }
+    const acc_t max_logit = block_reduce(m, [](acc_t a, acc_t c) { return max(a, c); }, shared);
+    const int any_nan = block_reduce(static_cast<int>(has_nan), [](int a, int c) { return a | c; },
+                                     reinterpret_cast<int*>(shared_index));
+    if (any_nan || !isfinite(max_logit)) bad_logits(b);
+    acc_t mine = 0;
+    int64_t last_positive = -1;
+    for (int64_t j = j_begin; j < j_end; ++j) {
+      const acc_t e = exp(static_cast<acc_t>(row[j]) - max_logit);
+      mine += e;
+      if (e > 0) last_positive = j;
+    }
+    const acc_t before = block_exclusive_scan(mine, shared);
+    const acc_t total = block_reduce(mine, [](acc_t a, acc_t c) { return a + c; }, shared);
+    const acc_t u = noise != nullptr ? noise[b] : static_cast<acc_t>(philox_uniform(seed, offset, b));
+    const acc_t target = u * total;
+    int64_t chosen = C;  // none yet
+    acc_t running = before;
+    for (int64_t j = j_begin; j < j_end; ++j) {
+      const acc_t e = exp(static_cast<acc_t>(row[j]) - max_logit);
+      running += e;
+      if (e > 0 && running > target) {
+        chosen = j;
+        break;
+      }
+    }
+    chosen = block_reduce(chosen, [](int64_t a, int64_t c) { return min(a, c); }, shared_index);
+    // rounding left u * total at the total: the last class of positive weight
+    if (chosen == C) chosen = block_reduce(last_positive, [](int64_t a, int64_t c) { return max(a, c); }, shared_index);
+    if (threadIdx.x == 0) {
       index[b] = chosen;
       onehot[b * C + chosen] = scalar_t(1);
     }
@@ -139,9 +234,16 @@ std::tuple<at::Tensor, at::Tensor> sample_class_cuda(const at::Tensor& logits, c
     using acc_t = opmath_t<scalar_t>;
     at::Tensor u;
     if (noise.has_value()) u = noise->contiguous().to(c10::CppTypeToScalarType<acc_t>::value);
-    sample_class_kernel<scalar_t><<<grid_for(B * 32), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-        l.data_ptr<scalar_t>(), u.defined() ? u.data_ptr<acc_t>() : nullptr, onehot.data_ptr<scalar_t>(),
-        index.data_ptr<int64_t>(), B, C, philox);
+    const auto stream = at::cuda::getCurrentCUDAStream();
+    const acc_t* uniforms = u.defined() ? u.data_ptr<acc_t>() : nullptr;
+    if (C > kBlockRowClasses) {
+      const int64_t blocks = std::min<int64_t>(B, at::cuda::getCurrentDeviceProperties()->multiProcessorCount * 8);
+      sample_class_block_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(
+          l.data_ptr<scalar_t>(), uniforms, onehot.data_ptr<scalar_t>(), index.data_ptr<int64_t>(), B, C, philox);
+    } else {
+      sample_class_kernel<scalar_t><<<grid_for(B * 32), kThreads, 0, stream>>>(
+          l.data_ptr<scalar_t>(), uniforms, onehot.data_ptr<scalar_t>(), index.data_ptr<int64_t>(), B, C, philox);
+    }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {onehot, index};
