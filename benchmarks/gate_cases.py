@@ -58,10 +58,12 @@ class GateCase:
 
     @property
     def compiled_competitor(self) -> bool:
-        """Whether torch.compile of the composition is timed for this case: every CPU case; on a GPU the
-        float32 maps at K=2048 and the tokens (tens of seconds of compilation each)."""
-        return self.device == "cpu" or (self.dtype == torch.float32 and self.shape in ((256, 2048, 14, 14),
-                                                                                     (256, 197, 768)))
+        """Whether torch.compile of the composition is timed for this case: every CPU case; on a GPU (tens of
+        seconds of compilation each, in a lease of minutes) the float32 (2048, 7x7) maps in both layouts and the
+        float32 tokens."""
+        if self.device == "cpu":
+            return True
+        return self.dtype == torch.float32 and (self.shape == (256, 2048, 7, 7) or self.layout == "tokens")
 
     @property
     def numel(self) -> int:
@@ -101,12 +103,18 @@ def _forward(impl: str):
     raise ValueError(f"unknown implementation {impl!r}")
 
 
-def make_kernels_step(case: GateCase):
+def _synchronizer(case: GateCase, synchronize: bool):
+    """torch.cuda.synchronize for a CUDA case timed by a host clock (so wall time is device time); nothing for
+    the CPU, or for CUDA timed by events around many calls (benchmarks/interleaved.py --device cuda)."""
+    return torch.cuda.synchronize if (synchronize and case.device == "cuda") else (lambda: None)
+
+
+def make_kernels_step(case: GateCase, synchronize: bool = True):
     """The fused forward and backward kernels alone: no autograd node, no Python wrapper."""
     x, p, grad_y = case.tensors()
     x, p = x.detach(), p.detach()
     forward, backward = torch.ops.picnn.bernoulli_gate.default, torch.ops.picnn.bernoulli_gate_backward.default
-    sync = torch.cuda.synchronize if case.device == "cuda" else (lambda: None)
+    sync = _synchronizer(case, synchronize)
 
     def step():
         _, mask = forward(x, p, True, None, None, case.channel_dim)
@@ -115,13 +123,13 @@ def make_kernels_step(case: GateCase):
     return step
 
 
-def make_step(case: GateCase, impl: str, backward: bool):
-    """A function running one forward (and backward) of `impl`, synchronised on CUDA so wall time is device time."""
+def make_step(case: GateCase, impl: str, backward: bool, synchronize: bool = True):
+    """A function running one forward (and backward) of `impl` (synchronised on CUDA unless told not to)."""
     if impl == "kernels":
-        return make_kernels_step(case)
+        return make_kernels_step(case, synchronize)
     x, p, grad_y = case.tensors()
     forward = _forward(impl)
-    sync = torch.cuda.synchronize if case.device == "cuda" else (lambda: None)
+    sync = _synchronizer(case, synchronize)
 
     if backward:
         def step():
@@ -136,11 +144,11 @@ def make_step(case: GateCase, impl: str, backward: bool):
     return step
 
 
-def make_copy(case: GateCase):
+def make_copy(case: GateCase, synchronize: bool = True):
     """One copy of x into a preallocated tensor: the device's attainable bandwidth for this size."""
     x, _, _ = case.tensors()
     out = torch.empty_like(x)
-    sync = torch.cuda.synchronize if case.device == "cuda" else (lambda: None)
+    sync = _synchronizer(case, synchronize)
 
     def step():
         out.copy_(x)
@@ -154,10 +162,16 @@ def default_cases() -> list[GateCase]:
     cases = [GateCase("cpu", torch.float32, (64, 512, 14, 14), layout) for layout in ("contiguous", "channels_last")]
     cases.append(GateCase("cpu", torch.float32, (128, 64), "pooled"))
     cases.append(GateCase("cpu", torch.float32, (32, 197, 768), "tokens"))
-    if torch.cuda.is_available():
-        for dtype in (torch.float32, torch.bfloat16, torch.float16):
-            for shape in ((256, 2048, 14, 14), (256, 512, 14, 14), (256, 2048, 7, 7), (256, 64, 56, 56)):
-                for layout in ("contiguous", "channels_last"):
-                    cases.append(GateCase("cuda", dtype, shape, layout))
-            cases.append(GateCase("cuda", dtype, (256, 197, 768), "tokens"))
+    return cases + (cuda_cases() if torch.cuda.is_available() else [])
+
+
+def cuda_cases() -> list[GateCase]:
+    """Issue 7's GPU cases: B=256, (K, HxW) of (512, 14x14), (2048, 7x7) and (64, 56x56) in both layouts, and
+    ViT-B tokens (197, 768), each in float32, bfloat16 and float16."""
+    cases = []
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        for shape in ((256, 512, 14, 14), (256, 2048, 7, 7), (256, 64, 56, 56)):
+            for layout in ("contiguous", "channels_last"):
+                cases.append(GateCase("cuda", dtype, shape, layout))
+        cases.append(GateCase("cuda", dtype, (256, 197, 768), "tokens"))
     return cases

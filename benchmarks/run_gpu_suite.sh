@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The GPU measurements in one command, for a fresh machine that has torch (a CUDA build), nvcc, ninja, pytest
 # and pytest-benchmark but no network: build picnn_ext in place for the visible GPU, record the machine, run
-# the tests, the benchmark suites (bernoulli_gate, the PICNN head's training step, MIS) and write markdown
-# tables of the results. On a machine without a GPU the same steps run the CPU cases only.
+# the CUDA tests and a CPU smoke test, the benchmarks (bernoulli_gate timed by CUDA events, interleaved with
+# its competitors; the PICNN head's training step; MIS) and write markdown tables of the results. Steps run in
+# the order issue 7 spends a lease: build, tests, gate, head step, MIS. Without a GPU: a CPU smoke run only.
 #
 #   bash benchmarks/run_gpu_suite.sh [OUTPUT_DIR]            # OUTPUT_DIR defaults to $OUT
 #
@@ -11,7 +12,8 @@
 #   PICNN_SUITE_SKIP_BUILD=1        use the picnn_ext that is already built and importable
 #   PICNN_SUITE_STEPS="build tests gate picnn_step mis"   the steps to run (this order; "environment" and
 #                                   the check of what was compiled always run)
-#   PICNN_SUITE_TESTS="tests"       what the test step runs
+#   PICNN_SUITE_TESTS="tests -k cuda"   what the test step runs (every CUDA-parametrised or CUDA-only test)
+#   PICNN_SUITE_GATE_ROUNDS=20      interleaved rounds of each gate case (5 calls between two CUDA events each)
 #   MAX_JOBS                        parallel compile jobs (default: the CPU count)
 #   TORCH_CUDA_ARCH_LIST            default: the visible GPU's compute capability (9.0 on an H100/H200)
 #
@@ -19,8 +21,9 @@
 # At most 8 files, so that all of them come back from a device machine's $OUT:
 #   environment.txt   nvidia-smi (device, driver), nvcc, torch, CPU, git revision, python -m picnn_ext.info
 #   suite.log         everything the steps printed
-#   gate.json picnn_step.json mis.json   pytest-benchmark results
-#   tables.md         benchmarks/report.py's tables of the results
+#   gate.json gate.md the gate cases (benchmarks/interleaved.py --device cuda): medians and their table
+#   picnn_step.json mis.json   pytest-benchmark results
+#   tables.md         the gate table and benchmarks/report.py's tables of the other results
 #   status.txt        each step's outcome and duration
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,7 +45,7 @@ status=$out/status.txt
 : >"$log"
 : >"$status"
 # results of an earlier run in the same folder must not pass for this run's
-rm -f "$out/gate.json" "$out/picnn_step.json" "$out/mis.json" "$out/tables.md" "$out/environment.txt"
+rm -f "$out/gate.json" "$out/gate.md" "$out/picnn_step.json" "$out/mis.json" "$out/tables.md" "$out/environment.txt"
 # Python holds its output back when piped into tee; the log should show a hanging step where it hangs.
 export PYTHONUNBUFFERED=1
 suite_start=$(date +%s)
@@ -55,12 +58,17 @@ finish() {
     echo "FAILED: $current (exit $rc)" | tee -a "$status"
   fi
   local results=()
-  for name in gate picnn_step mis; do
+  for name in picnn_step mis; do
     [ -s "$out/$name.json" ] && results+=("$out/$name.json")
   done
+  : >"$out/tables.md"
   if [ ${#results[@]} -gt 0 ]; then
     # report.py prints the tables; they end the console output, where a device call's output tail shows them
     "$PYTHON" benchmarks/report.py "${results[@]}" --out "$out/tables.md" 2>&1 | tee -a "$log"
+  fi
+  if [ -s "$out/gate.md" ]; then
+    { echo; cat "$out/gate.md"; } >>"$out/tables.md"
+    tee -a "$log" <"$out/gate.md"
   fi
   echo "suite: $(($(date +%s) - suite_start)) s in all; results in $out" | tee -a "$status"
   exit "$rc"
@@ -152,10 +160,18 @@ bench_options=(-q -p no:cacheprovider --benchmark-columns=min,median,iqr,rounds)
 step environment record_environment
 if wanted build; then step build build; fi
 step compiled check_compiled
-if wanted tests; then step tests "$PYTHON" -m pytest -q -p no:cacheprovider ${PICNN_SUITE_TESTS:-tests}; fi
+if wanted tests; then
+  # shellcheck disable=SC2086  # the setting is a pytest command line
+  step tests "$PYTHON" -m pytest -q -p no:cacheprovider ${PICNN_SUITE_TESTS:-tests -k cuda}
+  step cpu_smoke "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_bernoulli_gate.py -k "native-cpu and float32"
+fi
 if wanted gate; then
-  step gate "$PYTHON" -m pytest benchmarks/bench_bernoulli_gate.py "${bench_options[@]}" \
-    --benchmark-json="$out/gate.json"
+  if "$PYTHON" -c 'import sys, torch; sys.exit(not torch.cuda.is_available())'; then
+    step gate "$PYTHON" benchmarks/interleaved.py --device cuda --only gate --rounds "${PICNN_SUITE_GATE_ROUNDS:-20}" \
+      --json "$out/gate.json" --markdown "$out/gate.md"
+  else
+    echo "gate: no GPU, skipped (the CPU cases: benchmarks/run_cpu_suite.sh)" | tee -a "$status"
+  fi
 fi
 if wanted picnn_step; then
   step picnn_step "$PYTHON" -m pytest benchmarks/bench_picnn_step.py "${bench_options[@]}" \
