@@ -10,7 +10,7 @@
 # Environment:
 #   PYTHON=python3                  the interpreter that holds torch
 #   PICNN_SUITE_SKIP_BUILD=1        use the picnn_ext that is already built and importable
-#   PICNN_SUITE_STEPS="build tests gate picnn_step mis"   the steps to run (this order; "environment" and
+#   PICNN_SUITE_STEPS="build tests gate picnn_step mis resnet"   the steps to run (this order; "environment" and
 #                                   the check of what was compiled always run)
 #   PICNN_SUITE_TESTS="tests -k cuda"   what the test step runs (every CUDA-parametrised or CUDA-only test)
 #   PICNN_SUITE_GATE_ROUNDS=20      interleaved rounds of each gate case (5 calls between two CUDA events each)
@@ -21,9 +21,10 @@
 # At most 8 files, so that all of them come back from a device machine's $OUT:
 #   environment.txt   nvidia-smi (device, driver), nvcc, torch, CPU, git revision, python -m picnn_ext.info
 #   suite.log         everything the steps printed
-#   gate.json gate.md the gate cases (benchmarks/interleaved.py --device cuda): medians and their table
+#   gate.json         the gate cases (benchmarks/interleaved.py --device cuda): medians
 #   picnn_step.json mis.json   pytest-benchmark results
-#   tables.md         the gate table and benchmarks/report.py's tables of the other results
+#   tables.md         benchmarks/report.py's tables of those, the gate's table and the ResNet-50 step's
+#                     (benchmarks/resnet_step.py: STD against PICNN)
 #   status.txt        each step's outcome and duration
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,7 +37,7 @@ fi
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 PYTHON=${PYTHON:-python3}
-STEPS=${PICNN_SUITE_STEPS:-build tests gate picnn_step mis}
+STEPS=${PICNN_SUITE_STEPS:-build tests gate picnn_step mis resnet}
 if [ "${PICNN_SUITE_SKIP_BUILD:-0}" = 1 ]; then
   STEPS=${STEPS//build/}
 fi
@@ -45,7 +46,7 @@ status=$out/status.txt
 : >"$log"
 : >"$status"
 # results of an earlier run in the same folder must not pass for this run's
-rm -f "$out/gate.json" "$out/gate.md" "$out/picnn_step.json" "$out/mis.json" "$out/tables.md" "$out/environment.txt"
+rm -f "$out/gate.json" "$out/gate.md" "$out/resnet.md" "$out/picnn_step.json" "$out/mis.json" "$out/tables.md" "$out/environment.txt"
 # Python holds its output back when piped into tee; the log should show a hanging step where it hangs.
 export PYTHONUNBUFFERED=1
 suite_start=$(date +%s)
@@ -66,10 +67,14 @@ finish() {
     # report.py prints the tables; they end the console output, where a device call's output tail shows them
     "$PYTHON" benchmarks/report.py "${results[@]}" --out "$out/tables.md" 2>&1 | tee -a "$log"
   fi
-  if [ -s "$out/gate.md" ]; then
-    { echo; cat "$out/gate.md"; } >>"$out/tables.md"
-    tee -a "$log" <"$out/gate.md"
-  fi
+  # the tables of the scripts that are not pytest-benchmark runs, merged in (the files a call brings back are few)
+  for name in gate resnet; do
+    if [ -s "$out/$name.md" ]; then
+      { echo; cat "$out/$name.md"; } >>"$out/tables.md"
+      tee -a "$log" <"$out/$name.md"
+    fi
+    rm -f "$out/$name.md"
+  done
   echo "suite: $(($(date +%s) - suite_start)) s in all; results in $out" | tee -a "$status"
   exit "$rc"
 }
@@ -180,5 +185,12 @@ fi
 if wanted mis; then
   step mis "$PYTHON" -m pytest benchmarks/bench_mutual_information.py "${bench_options[@]}" \
     --benchmark-json="$out/mis.json"
+fi
+if wanted resnet; then
+  if "$PYTHON" -c 'import sys, torch; sys.exit(not torch.cuda.is_available())'; then
+    step resnet "$PYTHON" benchmarks/resnet_step.py --markdown "$out/resnet.md"
+  else
+    echo "resnet: no GPU, skipped" | tee -a "$status"
+  fi
 fi
 current=done
