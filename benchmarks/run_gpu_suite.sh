@@ -17,6 +17,11 @@
 #   MAX_JOBS                        parallel compile jobs (default: the CPU count)
 #   TORCH_CUDA_ARCH_LIST            default: the visible GPU's compute capability (9.0 on an H100/H200)
 #
+# On a device lease (15 minutes in all, 10 per call) the whole suite does not fit one call: run it as two,
+#   PICNN_SUITE_STEPS="build tests gate" bash benchmarks/run_gpu_suite.sh           (about 5 minutes)
+#   PICNN_SUITE_SKIP_BUILD=1 PICNN_SUITE_STEPS="picnn_step mis resnet" bash benchmarks/run_gpu_suite.sh
+# (the second on the still-warm machine, which keeps the in-place build), each call's files fetched in between.
+#
 # Stops at the first failing step; the tables of what was measured until then are written all the same.
 # At most 8 files, so that all of them come back from a device machine's $OUT:
 #   environment.txt   nvidia-smi (device, driver), nvcc, torch, CPU, git revision, python -m picnn_ext.info
@@ -179,8 +184,11 @@ if wanted gate; then
   fi
 fi
 if wanted picnn_step; then
+  # the GPU cases where there is a GPU (the CPU ones are run_cpu_suite.sh's)
+  picnn_step_selection=()
+  if "$PYTHON" -c 'import sys, torch; sys.exit(not torch.cuda.is_available())'; then picnn_step_selection=(-k cuda); fi
   step picnn_step "$PYTHON" -m pytest benchmarks/bench_picnn_step.py "${bench_options[@]}" \
-    --benchmark-json="$out/picnn_step.json"
+    "${picnn_step_selection[@]}" --benchmark-json="$out/picnn_step.json"
 fi
 if wanted mis; then
   step mis "$PYTHON" -m pytest benchmarks/bench_mutual_information.py "${bench_options[@]}" \
