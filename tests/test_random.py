@@ -98,10 +98,13 @@ def test_compiled_and_python_cpu_backends_draw_identical_masks(shape):
     assert torch.equal(logits_native, logits_python)
 
 
-# Each CUDA kernel that draws: (B, K) and maps with K wider than shared memory holds take the mask kernel or the
-# channels-last forward, maps (B, K, S) the row groups of 32, 16, 8 and 1 lanes (S of 3136, 49, 10 and 2).
-CUDA_DRAW_CASES = [((64, 96), 1, False), ((2, 2, 60000), -1, False), ((64, 96, 7, 7), 1, False), ((33, 37, 2, 5), 1, False),
+# Each CUDA kernel that draws, in float32: (B, K) and channels last take the channels-last forward (its draw in
+# shared memory, above 48 KiB for K = 14000) or, above 16K channels or without elements, the mask kernel; maps
+# (B, K, S) the row groups of 32, 16, 8, 4, 2 and 1 lanes (S of 3136, 49, 20, 10, 6 and 2).
+CUDA_DRAW_CASES = [((64, 96), 1, False), ((2, 2, 60000), -1, False), ((2, 3, 14000), -1, False),
+                   ((64, 96, 7, 7), 1, False), ((33, 37, 2, 5), 1, False),
                    ((5, 21, 1, 2), 1, False), ((4, 8, 56, 56), 1, False), ((64, 96, 7, 7), 1, True),
+                   ((4, 8, 5, 4), 1, False), ((4, 8, 1, 6), 1, False),
                    ((3, 197, 77), -1, False), ((2, 3, 16385), -1, False), ((3, 37, 0, 4), 1, False)]
 
 

@@ -41,7 +41,7 @@ __device__ __forceinline__ void scale_pack(Pack<scalar_t, VEC>& v, opmath_t<scal
   for (int j = 0; j < VEC; ++j) v.v[j] = static_cast<scalar_t>(static_cast<opmath_t<scalar_t>>(v.v[j]) * m);
 }
 
-// The mask alone, for a gate with no elements (S = 0) and for channels-last K too wide for shared memory:
+// The mask alone, for a gate with no elements (S = 0) and for channels-last K above 16K:
 // one thread per Philox block of four (sample, channel) indices.
 __global__ void gate_mask_kernel(FloatArray p, FloatArray noise, FloatArray mask, int64_t n, bool hard,
                                  at::PhiloxCudaState philox) {
@@ -198,7 +198,7 @@ __global__ void __launch_bounds__(kThreads)
 
 // Memory (B, S, K), forward: a block owns sample b's positions [s_begin, s_end), a contiguous run of the flat
 // buffer. With kDraw it first draws the K mask values of sample b into shared memory (one Philox block per
-// four), the block of the sample's first chunk writing them out; without it (K too wide for shared memory)
+// four), the block of the sample's first chunk writing them out; without it (K above 16K)
 // it reads the mask that gate_mask_kernel wrote. Then it scales the run with whole packs.
 template <typename scalar_t, int VEC, bool kDraw>
 __global__ void __launch_bounds__(kThreads)
@@ -388,6 +388,9 @@ std::tuple<at::Tensor, at::Tensor> bernoulli_gate_cuda(const at::Tensor& x, cons
                                                         const std::optional<at::Tensor>& noise,
                                                         std::optional<at::Generator> generator, int64_t channel_dim) {
   const GateLayout layout = check_gate_args(x, p, noise, channel_dim);
+  TORCH_CHECK_VALUE(!layout.channels_innermost || layout.channels < (int64_t(1) << 30),
+                    "bernoulli_gate: CUDA supports fewer than 2^30 channels with the channels last, got K = ",
+                    layout.channels);
   const c10::cuda::CUDAGuard guard(x.device());
   if (host_value_checks()) check_probabilities_on_host(p);
   const at::Tensor p_c = p.contiguous();
@@ -424,14 +427,14 @@ std::tuple<at::Tensor, at::Tensor> bernoulli_gate_cuda(const at::Tensor& x, cons
         C10_CUDA_KERNEL_LAUNCH_CHECK();
         return;
       }
-      TORCH_CHECK_VALUE(K < (int64_t(1) << 30), "bernoulli_gate: CUDA supports fewer than 2^30 channels with the "
-                        "channels last, got K = ", K);
       const PositionChunks plan = position_chunks(S, K, 16384);
       const int64_t blocks = std::max<int64_t>(1, std::min<int64_t>(
           B * plan.chunks_per_sample, at::cuda::getCurrentDeviceProperties()->multiProcessorCount * 16));
       const at::cuda::detail::IntDivider<unsigned int> k_divider(static_cast<unsigned int>(K));
       const size_t shared = static_cast<size_t>(K) * sizeof(acc_t);
-      if (reserve_shared_memory(gate_forward_columns_kernel<scalar_t, VEC, true>, shared)) {
+      // Above 16K channels a chunk holds few positions, so drawing the sample's K values in every block would cost
+      // more than reading them from the mask kernel's output.
+      if (K <= 16384 && reserve_shared_memory(gate_forward_columns_kernel<scalar_t, VEC, true>, shared)) {
         gate_forward_columns_kernel<scalar_t, VEC, true><<<blocks, kThreads, shared, stream>>>(
             in, out, p_values, noise_values, mask_values, B, S, K, plan, k_divider, hard, philox);
       } else {

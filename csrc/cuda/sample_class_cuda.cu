@@ -127,7 +127,9 @@ __device__ T block_exclusive_scan(T value, T* shared) {
   __syncthreads();
   T before = 0;
   for (int w = 0; w < warp; ++w) before += shared[w];
-  return before + inclusive - value;
+  // the lane before's inclusive sum: exact, where inclusive - value would round
+  const T exclusive = __shfl_up_sync(kFullMask, inclusive, 1);
+  return lane == 0 ? before : before + exclusive;
 }
 
 // One block per row: thread t owns the contiguous classes [t * chunk, (t + 1) * chunk), so a scan of the
