@@ -15,11 +15,15 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).parent))
+from interleaved import cuda_events  # noqa: E402
 
 
 def make_step(model: torch.nn.Module, picnn: bool, images: torch.Tensor, targets: torch.Tensor, autocast: bool):
@@ -36,21 +40,15 @@ def make_step(model: torch.nn.Module, picnn: bool, images: torch.Tensor, targets
 
 
 def timer_for(device: torch.device, calls: int):
+    """Seconds per step of `calls` steps: CUDA events on a GPU (interleaved.cuda_events), else the wall clock."""
     if device.type == "cuda":
-        def timed(step) -> float:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(calls):
-                step()
-            end.record()
-            end.synchronize()
-            return start.elapsed_time(end) / 1e3 / calls
-    else:
-        def timed(step) -> float:
-            start = time.perf_counter()
-            for _ in range(calls):
-                step()
-            return (time.perf_counter() - start) / calls
+        return cuda_events(calls)
+
+    def timed(step) -> float:
+        start = time.perf_counter()
+        for _ in range(calls):
+            step()
+        return (time.perf_counter() - start) / calls
     return timed
 
 
