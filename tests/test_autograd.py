@@ -84,6 +84,28 @@ def test_the_python_backend_setting_keeps_python_autograd():
     assert "torch/library.py" in second and "csrc/autograd" not in second
 
 
+@pytest.mark.parametrize("context", ["no_grad", "inference_mode", "inputs_without_grad"])
+def test_calls_that_record_nothing_give_the_same_values_and_no_graph(backend, context):
+    # The compiled autograd kernels skip the node when nothing is recorded: same outputs, none requiring grad.
+    x = torch.randn(3, 4, 5, device=backend.device, requires_grad=context != "inputs_without_grad")
+    p = torch.rand(3, 4, device=backend.device, requires_grad=context != "inputs_without_grad")
+    noise, logits = torch.rand(3, 4, device=backend.device), x.detach()[:, :, 0].clone().requires_grad_(x.requires_grad)
+    u = torch.rand(3, device=backend.device)
+    # the reference: the same calls recorded by autograd (the node path)
+    recorded_y, recorded_mask = backend.gate(x.detach().requires_grad_(), p.detach().requires_grad_(), True, noise,
+                                             None, 1)
+    recorded_onehot, recorded_index = backend.sample(logits.detach().requires_grad_(), u)
+    assert recorded_y.grad_fn is not None and recorded_onehot.grad_fn is not None
+    guard = {"no_grad": torch.no_grad, "inference_mode": torch.inference_mode}.get(context)
+    with guard() if guard else torch.enable_grad():
+        y, mask = backend.gate(x, p, True, noise, None, 1)
+        onehot, index = backend.sample(logits, u)
+    assert not (y.requires_grad or mask.requires_grad or onehot.requires_grad)
+    assert y.grad_fn is None and onehot.grad_fn is None
+    assert torch.equal(y, recorded_y.detach()) and torch.equal(mask, recorded_mask)
+    assert torch.equal(onehot, recorded_onehot.detach()) and torch.equal(index, recorded_index)
+
+
 @pytest.mark.parametrize("needs", ["x", "p", "both"])
 def test_only_the_gradients_asked_for(backend, needs):
     torch.manual_seed(0)
