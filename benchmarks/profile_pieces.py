@@ -5,6 +5,8 @@
 Wall clock (timeit, best of 9 repeats): these are microsecond pieces on an idle machine, compared with each
 other in one run. State the allocator regime when quoting (MALLOC_* variables, printed first).
 - the draw: a hard (128, 64) forward kernel against a soft one (no draw) and one given the uniforms;
+- a (1, 1) gate's forward under no_grad (no autograd node) against one that records a node, and a built-in
+  multiplication of the same size;
 - the autograd floor: `x * p` and torch.autograd.grad of it, and the same graph through the engine directly
   (what torch.autograd.grad's Python half costs);
 - the pooling of a (64, 512, 7, 7) map: ATen's mean backward (a dense map divided by S) against a copy of the
@@ -66,6 +68,11 @@ def main(argv=None):
         "gate forward kernel, hard, uniforms given": best(lambda: gate(x, p, True, u, None, 1), 5000),
         "gate forward kernel, soft (no draw)": best(lambda: gate(x, p, False, None, None, 1), 5000),
     }
+    one, one_p = torch.randn(1, 1, requires_grad=True), torch.rand(1, 1, requires_grad=True)
+    with torch.no_grad():  # the autograd kernel calls the CPU kernel directly: no node is made
+        pieces["gate forward (1, 1) under no_grad"] = best(lambda: gate(one, one_p, True, None, None, 1), 5000)
+    pieces["gate forward (1, 1) recording a node"] = best(lambda: gate(one, one_p, True, None, None, 1), 5000)
+    pieces["x * p (1, 1), no grad"] = best(lambda: one.detach() * one_p.detach(), 5000)
     xg, pg, g = x.clone().requires_grad_(), p.clone().requires_grad_(), torch.randn(128, 64)
     pieces["x * p, no grad"] = best(lambda: x * p, 5000)
     pieces["x * p and torch.autograd.grad"] = best(lambda: torch.autograd.grad(xg * pg, (xg, pg), g), 5000)
