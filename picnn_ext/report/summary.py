@@ -12,11 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from ..train import checkpoint as ckpt
+from ..runs import Run, atomic_write_text
 from ..car import assignment_agreement, filter_importance
 from ..train.config import TrainConfig
 from ..train.methods import METHOD_NAMES, create_method
-from ..train.trainer import load_trained_model
 
 METRICS = ("acc1", "acc2", "acc3", "mis")
 METRIC_TITLES = {"acc1": "ACC1", "acc2": "ACC2", "acc3": "ACC3", "mis": "MIS", "density": "L1 density",
@@ -64,7 +63,7 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str
 
 def compare_table(run_dirs: Sequence[str]) -> str:
     """One row per finished run: method, data set, seed, the test metrics and the training time."""
-    summaries = [ckpt.load_summary(run_dir) for run_dir in run_dirs]
+    summaries = [Run(run_dir).summary() for run_dir in run_dirs]
     columns = metric_columns(summaries)
     rows = []
     for run_dir, summary in zip(run_dirs, summaries):
@@ -148,14 +147,15 @@ def write_report(run_dir: str, out_dir: Optional[str] = None, *, num_images: int
     # Imported here: the tables above need no matplotlib, only the figures do.
     from . import car_figures, figures
 
-    summary = ckpt.load_summary(run_dir)
+    run = Run(run_dir)
+    summary = run.summary()
     if summary["method"] == "nnd":  # no P: its report reads the calculation paths
         from .paths import write_nnd_report
 
         return write_nnd_report(run_dir, out_dir or os.path.join(run_dir, "report"), splits=splits)
-    records = ckpt.read_json_lines(os.path.join(run_dir, ckpt.METRICS_FILE))
-    mi = np.load(os.path.join(run_dir, ckpt.TEST_MI_FILE))
-    model, splits = load_trained_model(run_dir, splits)
+    records = run.metrics()
+    mi = run.test_mi()
+    model, splits = run.load_model(splits)
     out_dir = out_dir or os.path.join(run_dir, "report")
     os.makedirs(out_dir, exist_ok=True)
 
@@ -183,7 +183,7 @@ def write_report(run_dir: str, out_dir: Optional[str] = None, *, num_images: int
     agreement = assignment_agreement(class_car, torch.as_tensor(P))
 
     path = os.path.join(out_dir, "report.md")
-    ckpt.atomic_write_text(_report_markdown(run_dir, summary, symbol, P, mi, cluster_sizes, class_names, agreement),
+    atomic_write_text(_report_markdown(run_dir, summary, symbol, P, mi, cluster_sizes, class_names, agreement),
                            path)
     return path
 

@@ -20,15 +20,15 @@ Everything a method does in a step stays on the device (no ``.item()``), as the 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
 
 from ...models.registry import backbone_stages, create_backbone
 
-if TYPE_CHECKING:  # The config imports the registry, not the other way round.
-    from ..config import TrainConfig
+# "TrainConfig" in the annotations is picnn_ext.train.config.TrainConfig, not imported: the config imports this
+# registry for the method names, and the registry needs nothing of the config but its attributes.
 
 __all__ = ["EvalOutputs", "TrainingMethod", "backbone_stages", "build_backbone", "build_network"]
 
