@@ -28,7 +28,7 @@ from .report import compare_table, write_report
 from .report.applications import ApplicationMetrics, write_detection, write_localisation
 from .report.car_report import car_agreement
 from .report.comparison import BUDGETS, run_comparison
-from .runs import DamagedRunError, Run
+from .run_folder import DamagedRunError, Run
 from .train import NonFiniteLossError, TrainConfig, train
 from .train.methods import METHOD_HELP, METHOD_NAMES
 
@@ -36,7 +36,7 @@ from .train.methods import METHOD_HELP, METHOD_NAMES
 # prints their message alone. Any other exception is a bug and keeps its traceback.
 USER_ERRORS = (ValueError, OSError, ImportError, NonFiniteLossError)
 
-# A run folder with a missing or damaged file (picnn_ext.runs.DamagedRunError).
+# A run folder with a missing or damaged file (picnn_ext.run_folder.DamagedRunError).
 DAMAGED_RUN_STATUS = 2
 
 # The digits demo: STD and PICNN on digits with the comparison's digits budget (report/comparison.py).

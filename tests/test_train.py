@@ -21,7 +21,7 @@ from picnn_ext.train import (
     load_summary,
     train,
 )
-from picnn_ext.runs.files import DigestRecord
+from picnn_ext.run_folder.files import DigestRecord
 from picnn_ext.train.checkpoint import read_json_lines
 
 RUN_FILES = ["best.pt", "checkpoint.pt", "config.json", "digests.json", "metrics.jsonl", "summary.json",

@@ -18,7 +18,7 @@ from ..applications import (DEFAULT_EPSILON, DEFAULT_PGD_STEPS, KEEP_FRACTION, C
                             check_attack_options, class_filter_weights, default_step_size, detect,
                             detection_reference, localise)
 from ..data import DatasetSplits, load_dataset
-from ..runs import Run, atomic_write_json
+from ..run_folder import Run, atomic_write_json
 from ..train.methods import create_method
 
 __all__ = ["ApplicationMetrics", "DETECTION_FILE", "LOCALISATION_FILE", "measure_detection",

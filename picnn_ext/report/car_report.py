@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 
 from ..car import assignment_agreement, filter_importance, prune
 from ..car.importance import most_important_class
-from ..runs import Run, atomic_write_json
+from ..run_folder import Run, atomic_write_json
 from ..train.methods import create_method
 from ..train.trainer import EVAL_BATCH_SIZE
 

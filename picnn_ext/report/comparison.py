@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Union
 
 from ..data import load_dataset
-from ..runs import Run, atomic_write_text
+from ..run_folder import Run, atomic_write_text
 from ..train import TrainConfig, train
 from .summary import seed_table
 

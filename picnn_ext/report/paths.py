@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..metrics.paths import calculation_paths, class_mean_paths, class_path_similarity, within_between
-from ..runs import Run, atomic_write_text
+from ..run_folder import Run, atomic_write_text
 from .figures import Figure, _save
 
 __all__ = ["plot_class_paths", "plot_path_similarity", "test_paths", "write_nnd_report"]

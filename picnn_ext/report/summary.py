@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from ..runs import Run, atomic_write_text
+from ..run_folder import Run, atomic_write_text
 from ..car import assignment_agreement, filter_importance
 from ..train.config import TrainConfig
 from ..train.methods import METHOD_NAMES, create_method

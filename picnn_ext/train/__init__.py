@@ -1,11 +1,11 @@
 """Training STD and PICNN networks: ``train(TrainConfig(...)) -> run_dir`` (also ``picnn-ext train``).
 
-See :mod:`.trainer` for the loop, :class:`picnn_ext.runs.Run` for the files of a run directory and
+See :mod:`.trainer` for the loop, :class:`picnn_ext.run_folder.Run` for the files of a run directory and
 :mod:`.distributed` for running under ``torchrun``.
 
 The names below are imported on first use (PEP 562), so that importing one submodule
 (``picnn_ext.train.config``, ``picnn_ext.train.methods``) does not import the trainer and, through it,
-:mod:`picnn_ext.runs`, which itself reads the config and the methods.
+:mod:`picnn_ext.run_folder`, which itself reads the config and the methods.
 """
 
 from importlib import import_module

@@ -1,6 +1,6 @@
 """The random states a checkpoint holds, and the loose loaders of earlier versions (tests, notebooks).
 
-The files of a run folder are read and written by :class:`picnn_ext.runs.Run` alone.
+The files of a run folder are read and written by :class:`picnn_ext.run_folder.Run` alone.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .._safe_load import UnsafeFileError  # noqa: F401  (re-exported)
-from ..runs import CHECKPOINT_VERSION, CheckpointMismatchError, Run  # noqa: F401  (re-exported)
+from ..run_folder import CHECKPOINT_VERSION, CheckpointMismatchError, Run  # noqa: F401  (re-exported)
 from .config import TrainConfig
 
 

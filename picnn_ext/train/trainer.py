@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from .. import __version__, ops
 from ..data import DatasetSplits, load_dataset
 from ..data.transforms import augment_batch, resize_splits
-from ..runs import Run
+from ..run_folder import Run
 from . import checkpoint as ckpt
 from . import distributed
 from .config import TrainConfig
@@ -185,7 +185,7 @@ class Trainer:
             )
 
     def _load_resume_state(self) -> Dict[str, Any]:
-        if not self.run_folder.has(Run.CHECKPOINT):
+        if not self.run_folder.has(Run.CHECKPOINT) and not self.run_folder.recorded(Run.CHECKPOINT):
             raise FileNotFoundError(f"nothing to resume in {self.run_dir}: it has no {Run.CHECKPOINT}")
         # Every file the run reads or rewrites is checked before anything is written.
         self.run_folder.check_for_resume()
