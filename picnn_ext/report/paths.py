@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 from ..metrics.paths import calculation_paths, class_mean_paths, class_path_similarity, within_between
 from ..run_folder import Run, atomic_write_text
 from .figures import Figure, _save
+from .tables import METRIC_TITLES, markdown_table
 
 __all__ = ["plot_class_paths", "plot_path_similarity", "test_paths", "write_nnd_report"]
 
@@ -85,8 +86,6 @@ def plot_nnd_curves(records: List[Dict[str, float]], path: str, best_epoch=None)
 
 
 def write_nnd_report(run_dir: str, out_dir: str, *, splits=None) -> str:
-    from .summary import METRIC_TITLES, markdown_table  # the tables live there; summary imports us lazily
-
     run = Run(run_dir)
     summary = run.summary()
     records = run.metrics()
