@@ -57,8 +57,7 @@ def build_model(config: TrainConfig, in_channels: int, num_classes: int, image_s
 
 def load_trained_model(run_dir: str, splits: Optional[DatasetSplits] = None, *, which: str = Run.BEST,
                        device: str = "cpu"):
-    """``Run(run_dir).load_model(splits, which=which, device=device)``: the model of a finished (or
-    interrupted) run, in eval mode, and the data it was trained on."""
+    """The model of a run in eval mode and its data: :meth:`picnn_ext.run_folder.Run.load_model`."""
     return Run(run_dir).load_model(splits, which=which, device=device)
 
 
@@ -179,10 +178,8 @@ class Trainer:
 
     def _check_run_dir_is_new(self) -> None:
         if self.run_folder.holds_a_run():
-            raise FileExistsError(
-                f"{self.run_dir} already holds a run; continue it with --resume {self.run_dir}, "
-                "or choose another --run-name or --out-dir"
-            )
+            raise FileExistsError(f"{self.run_dir} already holds a run; continue it with --resume {self.run_dir}, "
+                                  "or choose another --run-name or --out-dir")
 
     def _load_resume_state(self) -> Dict[str, Any]:
         if not self.run_folder.has(Run.CHECKPOINT) and not self.run_folder.recorded(Run.CHECKPOINT):
@@ -340,6 +337,7 @@ class Trainer:
                 "epoch": epoch,
                 "train_loss": train_loss,
                 **{f"val_{name}": value for name, value in val.metrics().items()},
+                **val.measured,
                 **self.method.model_metrics(self.model),
                 "lr": self.optimizer.param_groups[0]["lr"],
                 "time_s": seconds,
@@ -358,7 +356,8 @@ class Trainer:
             )
             if not self.config.quiet:
                 scores = " ".join(f"{name} {value:.4f}" for name, value in val.metrics().items())
-                extras = "".join(f"  {name} {value:.4f}" for name, value in self.method.model_metrics(self.model).items())
+                measured = {**val.measured, **self.method.model_metrics(self.model)}
+                extras = "".join(f"  {name} {value:.4f}" for name, value in measured.items())
                 note = self.method.epoch_note(epoch)
                 tqdm.write(
                     f"epoch {epoch}/{self.config.epochs}{f' ({note})' if note else ''}  loss {train_loss:.4f}  "
@@ -380,7 +379,7 @@ class Trainer:
                 "method": self.config.method,
                 "dataset": self.config.dataset,
                 "seed": self.config.seed,
-                "test": {**test.metrics(), **self.method.model_metrics(self.model)},
+                "test": {**test.metrics(), **test.measured, **self.method.model_metrics(self.model)},
                 "best_epoch": best["epoch"],
                 "val": best["val"],
                 "epochs": self.config.epochs,

@@ -68,6 +68,9 @@ class EvalOutputs:
     logits: Dict[str, Optional[torch.Tensor]]  # name -> (B, C) logits; "acc1" is the deployed network
     features: Optional[torch.Tensor] = None      # A, for the MIS; None: the method has no interpreted layer
     channel_dim: int = 1                          # where the K filters lie in ``features``
+    # Per-batch sums over the samples of what the method measures per input (NND: the open-gate shares),
+    # (M,) on the device; the evaluation sums them and hands their mean to ``eval_metrics``.
+    sums: Optional[torch.Tensor] = None
 
 
 class TrainingMethod:
@@ -105,6 +108,10 @@ class TrainingMethod:
                      generator: torch.Generator) -> EvalOutputs:
         raise NotImplementedError
 
+    def eval_metrics(self, means: torch.Tensor) -> Dict[str, float]:
+        """The named metrics of ``EvalOutputs.sums`` averaged over the evaluated samples (M,), on the host."""
+        return {}
+
     def model_metrics(self, model: nn.Module) -> Dict[str, float]:
         """Numbers read off the weights (one host read each), logged per epoch and in the summary."""
         return {}
@@ -126,11 +133,22 @@ class TrainingMethod:
         """The deployed network's logits (B, C) from A: what Grad-CAM and the attacks differentiate."""
         return model.head(A).logits
 
+    # Whether training learns the filter-class matrix (STD's P is its random start: it assigns nothing).
+    trains_filter_class_matrix = True
+
     def assigned_filters(self, model: nn.Module) -> Optional[torch.Tensor]:
-        """(C, K) non-negative weights of each class's filters, read off the weights (PICNN: the filters P
-        assigns to the class; CSG: G); None (the default): the applications rank the filters by class-mean
-        activation on the training split, as the CSG authors do for a standard network."""
-        return None
+        """(C, K) non-negative weights of each class's filters, from :meth:`filter_class_matrix` through
+        :meth:`class_filter_weights`; None where the method has no trained matrix: the applications then rank
+        the filters by class-mean activation on the training split, as the CSG authors do for a standard
+        network."""
+        found = self.filter_class_matrix(model)
+        if found is None or not self.trains_filter_class_matrix:
+            return None
+        return self.class_filter_weights(found[1])
+
+    def class_filter_weights(self, matrix: torch.Tensor) -> torch.Tensor:
+        """The applications' (C, K) weights from the method's filter-class matrix (its own reading of it)."""
+        raise NotImplementedError
 
     def calculation_path(self, model: nn.Module, images: torch.Tensor) -> Optional[torch.Tensor]:
         """(B, L) per-input calculation path (NND: every gate of every layer, 0 or 1); None (the default):
