@@ -147,3 +147,32 @@ def test_old_checkpoint_version_and_another_methods_checkpoint(finished_run, tmp
         err = capsys.readouterr().err
         assert "best.pt" in err and "'csg' model" in err and "another run" in err and "Traceback" not in err
         assert snapshot(other) == before
+
+
+def test_sigkill_mid_training_then_resume_is_bit_identical(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = os.path.join(os.path.dirname(__file__), "..")
+    env = dict(os.environ, PYTHONPATH=os.path.abspath(root))
+    args = [sys.executable, "-m", "picnn_ext.cli", "train", "--epochs", "8", *TINY]
+    subprocess.run(args + ["--out-dir", str(tmp_path / "straight")], env=env, check=True, timeout=600)
+    process = subprocess.Popen(args + ["--out-dir", str(tmp_path / "killed")], env=env)
+    run = tmp_path / "killed" / "picnn-digits-seed0"
+    while not (run / "checkpoint.pt").exists() and process.poll() is None:
+        time.sleep(0.02)
+    time.sleep(0.3)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (run / "summary.json").exists()  # killed mid-training
+    assert subprocess.run([sys.executable, "-m", "picnn_ext.cli", "train", "--resume", str(run)],
+                          env=env, timeout=600).returncode == 0
+    straight = Run(str(tmp_path / "straight" / "picnn-digits-seed0"))
+    resumed = Run(str(run))
+    a, b = straight.checkpoint()["model"], resumed.checkpoint()["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
+    drop = ("time_s", "val_time_s")
+    assert [{k: v for k, v in r.items() if k not in drop} for r in straight.metrics()] == \
+        [{k: v for k, v in r.items() if k not in drop} for r in resumed.metrics()]
