@@ -7,13 +7,16 @@ what differs between STD, PICNN, CSG and NND:
 - ``prepare`` and ``parameter_groups``: what trains, at which learning rate;
 - ``training_loss``: one step's forward and loss (CSG switches paths by epoch);
 - ``after_step``: a projection or clamp after the optimiser step (CSG's gate projection);
-- ``eval_outputs``: the named logits scored on a split (``acc1`` always: the network a user deploys) and
-  the interpreted layer's output for the MIS;
+- ``eval_outputs``: the named logits scored on a split (``acc1`` always: the network a user deploys), the
+  interpreted layer's output for the MIS, and per-input measures summed over the batch (NND's open-gate
+  shares), which the evaluation averages and ``eval_metrics`` names: they are part of the evaluation's
+  result, the method keeps no state between batches;
 - ``model_metrics``: numbers read off the weights alone (CSG's L1 density);
+- ``filter_class_matrix``: the (C, K) matrix that assigns filters to classes (P, G), if any;
 - for the applications (:mod:`picnn_ext.applications`: localisation, adversarial detection):
   ``features`` and ``logits_from_features`` (the network split at the interpreted layer),
-  ``assigned_filters`` (the (C, K) filter weights of each class read off the weights, or None to rank
-  filters by class-mean activation) and ``calculation_path`` (NND's per-input gate path, None elsewhere).
+  ``assigned_filters`` (the (C, K) filter weights of each class: the method's ``class_filter_weights`` of
+  its filter-class matrix, or None to rank filters by class-mean activation) and ``calculation_path`` (NND's per-input gate path, None elsewhere).
 
 Everything a method does in a step stays on the device (no ``.item()``), as the trainer's loop requires.
 """
