@@ -7,7 +7,7 @@ through :func:`safe_torch_load`.
 from __future__ import annotations
 
 import pickle
-from typing import Any
+from typing import Any, BinaryIO, Optional
 
 import torch
 
@@ -18,10 +18,11 @@ class UnsafeFileError(ValueError):
     """A file holds more than tensors and plain data (or is not a torch file), so it was not loaded."""
 
 
-def safe_torch_load(path: str, *, what: str = "file") -> Any:
-    """``torch.load(path, map_location="cpu", weights_only=True)``, with a refusal that says why."""
+def safe_torch_load(path: str, *, what: str = "file", data: Optional[BinaryIO] = None) -> Any:
+    """``torch.load(path, map_location="cpu", weights_only=True)``, with a refusal that says why; ``data``:
+    the file's bytes already read (and checked), loaded instead of reading ``path`` again."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path if data is None else data, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         # torch's message explains the refusal at length; its first line names the offending object.
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

@@ -28,12 +28,16 @@ from .report import compare_table, write_report
 from .report.applications import ApplicationMetrics, write_detection, write_localisation
 from .report.car_report import car_agreement
 from .report.comparison import BUDGETS, run_comparison
-from .train import NonFiniteLossError, TrainConfig, load_config, train
+from .run_folder import DamagedRunError, Run
+from .train import NonFiniteLossError, TrainConfig, train
 from .train.methods import METHOD_HELP, METHOD_NAMES
 
 # Errors that bad input causes (a wrong option, a missing or foreign file, a diverging run): the command
 # prints their message alone. Any other exception is a bug and keeps its traceback.
 USER_ERRORS = (ValueError, OSError, ImportError, NonFiniteLossError)
+
+# A run folder with a missing or damaged file (picnn_ext.run_folder.DamagedRunError).
+DAMAGED_RUN_STATUS = 2
 
 # The digits demo: STD and PICNN on digits with the comparison's digits budget (report/comparison.py).
 DEMO_EPOCHS = BUDGETS["digits"].epochs
@@ -226,7 +230,7 @@ def _train_command(args: argparse.Namespace) -> int:
              if hasattr(args, field.name)}
     if args.resume:
         run_dir = os.path.normpath(args.resume)
-        stored = load_config(run_dir)
+        stored = Run(run_dir).config()
         # The run is where it is: its folder decides out_dir and run_name, whatever the stored ones say.
         given.update(out_dir=os.path.dirname(run_dir) or ".", run_name=os.path.basename(run_dir))
         config = dataclasses.replace(stored, **given)
@@ -318,6 +322,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         return COMMANDS[args.command](args)
+    except DamagedRunError as error:
+        # A missing or damaged file of a run: its own status, so that scripts can tell it from bad options.
+        print(f"picnn-ext {args.command}: error: {error}", file=sys.stderr)
+        return DAMAGED_RUN_STATUS
     except USER_ERRORS as error:
         print(f"picnn-ext {args.command}: error: {error}", file=sys.stderr)
         return 1

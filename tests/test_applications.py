@@ -321,8 +321,9 @@ def test_bad_input_gives_clear_errors_and_writes_nothing(shapes_runs, tmp_path, 
     os.remove(run / "best.pt")
     before = sorted(os.listdir(run))
     for command in ("localize", "detect"):
-        assert cli_main([command, str(run), "--max-images", "4"]) == 1
-        assert "no checkpoint" in capsys.readouterr().err
+        assert cli_main([command, str(run), "--max-images", "4"]) == 2
+        err = capsys.readouterr().err
+        assert "best.pt: the file is missing" in err and "Traceback" not in err
     assert sorted(os.listdir(run)) == before
     assert cli_main(["localize", str(tmp_path / "nowhere")]) == 1
     assert "no run directory" in capsys.readouterr().err

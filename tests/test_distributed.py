@@ -76,7 +76,7 @@ def test_ddp_two_cpu_processes(tmp_path):
     # Only rank 0 wrote, and it wrote a complete run: no leftover temporary files.
     run_dir = ranks[0]["run_dir"]
     assert sorted(os.listdir(run_dir)) == sorted(
-        ["config.json", "checkpoint.pt", "best.pt", "metrics.jsonl", "summary.json", "test_mi.npy"]
+        ["config.json", "checkpoint.pt", "best.pt", "metrics.jsonl", "summary.json", "test_mi.npy", "digests.json"]
     )
     saved = torch.load(os.path.join(run_dir, "checkpoint.pt"), weights_only=True)  # tensors and plain data only
     # The checkpoint holds the random states of both ranks, so a 2-process run resumes exactly.

@@ -2,6 +2,7 @@
 errors for bad input, each leaving nothing half-written."""
 
 import dataclasses
+import io
 import os
 import sys
 
@@ -20,9 +21,11 @@ from picnn_ext.train import (
     load_summary,
     train,
 )
+from picnn_ext.run_folder.files import DigestRecord
 from picnn_ext.train.checkpoint import read_json_lines
 
-RUN_FILES = ["best.pt", "checkpoint.pt", "config.json", "metrics.jsonl", "summary.json", "test_mi.npy"]
+RUN_FILES = ["best.pt", "checkpoint.pt", "config.json", "digests.json", "metrics.jsonl", "summary.json",
+             "test_mi.npy"]
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +165,7 @@ def test_nan_stops_training_with_the_epoch_and_step(tmp_path, tiny_splits, metho
     assert "no checkpoint was written" in str(error.value).lower()
     run_dir = os.path.join(str(tmp_path), f"{method}-digits-seed0")
     # The run folder holds its config and nothing else: no checkpoint, no metrics line, no summary.
-    assert sorted(os.listdir(run_dir)) == ["config.json"]
+    assert sorted(os.listdir(run_dir)) == ["config.json", "digests.json"]
 
 
 def test_nan_in_a_later_epoch_keeps_the_previous_checkpoint(tmp_path, tiny_splits, monkeypatch):
@@ -252,8 +255,11 @@ def test_checkpoint_with_pickled_code_is_refused_and_runs_nothing(tmp_path, tiny
     marker = tmp_path / "ran"
     state = load_checkpoint(os.path.join(run_dir, "checkpoint.pt"))
     state["best"] = RunsCode(marker)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
     for name in ("checkpoint.pt", "best.pt"):
-        torch.save(state, os.path.join(run_dir, name))
+        # The digests forged too, so that the file reaches the unpickler.
+        DigestRecord(run_dir).replace_file(name, buffer.getvalue())
     with pytest.raises(UnsafeFileError, match="refused to load the checkpoint .*checkpoint.pt: it holds objects"):
         load_checkpoint(os.path.join(run_dir, "checkpoint.pt"))
     with pytest.raises(UnsafeFileError):

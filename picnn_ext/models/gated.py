@@ -14,7 +14,7 @@ the result equals the dense gated computation.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +22,7 @@ from torch import nn
 
 from ..nn.controller import ArchitectureController
 
-__all__ = ["Compact", "GatedBasicBlock", "GatedBottleneck", "GatedConv", "PathRecorder", "run_skip"]
+__all__ = ["Compact", "GatedBasicBlock", "GatedBottleneck", "GatedConv", "GatedResidualBlock", "PathRecorder", "run_skip"]
 
 
 @dataclass
@@ -204,20 +204,48 @@ def run_skip(module: nn.Module, x: Compact) -> Compact:
     return Compact.of(module(x.dense()))
 
 
-def _finish_block(block: nn.Module, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """The residual sum and ReLU that end a ResNet block."""
-    identity = x
-    if block.downsample is not None:
-        identity = block.downsample(x)
-        recorder = block.unit1.recorder
-        if recorder is not None and recorder.macs is not None:
-            for layer in block.downsample.modules():  # a 1x1 conv, computed in full on both paths
-                if isinstance(layer, nn.Conv2d):
-                    recorder.count(layer, layer.out_channels, layer.in_channels, identity)
-    return block.relu(out + identity)
+class GatedResidualBlock(nn.Module):
+    """A torchvision ResNet block with its inner convs gated: ``units`` (GatedConv, in order, each one's
+    controller reading its input), then the last conv and batch norm ungated, the residual sum and the ReLU.
+    :class:`GatedBasicBlock` and :class:`GatedBottleneck` differ only in how many units they have."""
+
+    def units(self) -> List[GatedConv]:
+        raise NotImplementedError
+
+    def last(self) -> Tuple[nn.Conv2d, nn.Module]:
+        raise NotImplementedError
+
+    def _finish(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The residual sum and ReLU that end the block."""
+        identity = x
+        if self.downsample is not None:
+            identity = self.downsample(x)
+            recorder = self.units()[0].recorder
+            if recorder is not None and recorder.macs is not None:
+                for layer in self.downsample.modules():  # a 1x1 conv, computed in full on both paths
+                    if isinstance(layer, nn.Conv2d):
+                        recorder.count(layer, layer.out_channels, layer.in_channels, identity)
+        return self.relu(out + identity)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x
+        for unit in self.units():
+            h = unit(h)
+        conv, bn = self.last()
+        return self._finish(bn(conv(h)), x)
+
+    @torch.no_grad()
+    def forward_skip(self, x: Compact) -> Compact:
+        dense = x.dense()
+        h = Compact.of(dense)
+        for unit in self.units():
+            h = run_skip(unit, h)
+        conv, bn = self.last()
+        out = _affine(conv_compact(conv, h, None, self.units()[0].recorder), _bn_affine(bn), None)
+        return Compact.of(self._finish(out, dense))
 
 
-class GatedBasicBlock(nn.Module):
+class GatedBasicBlock(GatedResidualBlock):
     """torchvision's BasicBlock (conv1, bn1, relu, conv2, bn2, downsample) with conv1's output gated."""
 
     def __init__(self, block: nn.Module, *, reduction: int = 4):
@@ -227,20 +255,14 @@ class GatedBasicBlock(nn.Module):
         self.downsample = block.downsample
         self.relu = nn.ReLU(inplace=True)
 
-    _finish = _finish_block
+    def units(self) -> List[GatedConv]:
+        return [self.unit1]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._finish(self.bn2(self.conv2(self.unit1(x))), x)
-
-    @torch.no_grad()
-    def forward_skip(self, x: Compact) -> Compact:
-        dense = x.dense()
-        h = self.unit1.forward_skip(Compact.of(dense))
-        out = _affine(conv_compact(self.conv2, h, None, self.unit1.recorder), _bn_affine(self.bn2), None)
-        return Compact.of(self._finish(out, dense))
+    def last(self) -> Tuple[nn.Conv2d, nn.Module]:
+        return self.conv2, self.bn2
 
 
-class GatedBottleneck(nn.Module):
+class GatedBottleneck(GatedResidualBlock):
     """torchvision's Bottleneck (conv1..3, bn1..3, relu, downsample) with conv1's and conv2's outputs gated;
     conv2's controller reads conv1's gated output, its input."""
 
@@ -252,14 +274,8 @@ class GatedBottleneck(nn.Module):
         self.downsample = block.downsample
         self.relu = nn.ReLU(inplace=True)
 
-    _finish = _finish_block
+    def units(self) -> List[GatedConv]:
+        return [self.unit1, self.unit2]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._finish(self.bn3(self.conv3(self.unit2(self.unit1(x)))), x)
-
-    @torch.no_grad()
-    def forward_skip(self, x: Compact) -> Compact:
-        dense = x.dense()
-        h = run_skip(self.unit2, self.unit1.forward_skip(Compact.of(dense)))
-        out = _affine(conv_compact(self.conv3, h, None, self.unit1.recorder), _bn_affine(self.bn3), None)
-        return Compact.of(self._finish(out, dense))
+    def last(self) -> Tuple[nn.Conv2d, nn.Module]:
+        return self.conv3, self.bn3

@@ -18,9 +18,8 @@ from ..applications import (DEFAULT_EPSILON, DEFAULT_PGD_STEPS, KEEP_FRACTION, C
                             check_attack_options, class_filter_weights, default_step_size, detect,
                             detection_reference, localise)
 from ..data import DatasetSplits, load_dataset
-from ..train import checkpoint as ckpt
+from ..run_folder import Run, atomic_write_json
 from ..train.methods import create_method
-from ..train.trainer import load_trained_model
 
 __all__ = ["ApplicationMetrics", "DETECTION_FILE", "LOCALISATION_FILE", "measure_detection",
            "measure_localisation", "write_detection", "write_localisation"]
@@ -44,7 +43,7 @@ class AppliedRun:
 
 
 def _dataset_of(run_dir: str, splits: Optional[DatasetSplits]) -> DatasetSplits:
-    config = ckpt.load_config(run_dir)  # A clear error for a folder that is not a run.
+    config = Run(run_dir).config()  # A clear error for a folder that is not a run.
     return splits if splits is not None else load_dataset(config.dataset, seed=config.seed)
 
 
@@ -57,9 +56,19 @@ def _require_masks(splits: DatasetSplits) -> None:
 def load_applied_run(run_dir: str, splits: Optional[DatasetSplits] = None, *, device: str = "cpu") -> AppliedRun:
     """The run's selected model (``best.pt``) behind its data set's normalisation, with its class filters."""
     splits = _dataset_of(run_dir, splits)
-    model, splits = load_trained_model(run_dir, splits, device=device)
-    net = RawPixelNet(create_method(ckpt.load_config(run_dir)), model, splits)
+    run = Run(run_dir)
+    model, splits = run.load_model(splits, device=device)
+    net = RawPixelNet(create_method(run.config()), model, splits)
     return AppliedRun(run_dir, net, class_filter_weights(net))
+
+
+def _write_result(run_dir: str, out_dir: str, name: str, record: Dict) -> str:
+    """``name`` in the run folder (through its Run, the digest recorded) or in another folder."""
+    if os.path.abspath(out_dir) == os.path.abspath(run_dir):
+        return Run(run_dir).write_json(name, record)
+    path = os.path.join(out_dir, name)
+    atomic_write_json(record, path)
+    return path
 
 
 def _finite(value: float) -> Optional[float]:
@@ -108,9 +117,7 @@ def write_localisation(run_dir: str, out_dir: Optional[str] = None, *, keep: flo
         shown = {name: values[:num_examples] for name, values in result.ious.items()}
         plot_localisation_examples(result.examples, shown, result.predicted[:num_examples],
                                    run.splits.class_names, os.path.join(out_dir, "localisation.png"))
-    path = os.path.join(out_dir, LOCALISATION_FILE)
-    ckpt.atomic_write_json(record, path)
-    return path
+    return _write_result(run_dir, out_dir, LOCALISATION_FILE, record)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -151,9 +158,7 @@ def write_detection(run_dir: str, out_dir: Optional[str] = None, *, epsilon: flo
         plot_detection(result.clean_scores, {name: a.adversarial_scores for name, a in result.attacks.items()},
                        {name: a.auroc for name, a in result.attacks.items()}, result.score,
                        os.path.join(out_dir, "detection.png"))
-    path = os.path.join(out_dir, DETECTION_FILE)
-    ckpt.atomic_write_json(record, path)
-    return path
+    return _write_result(run_dir, out_dir, DETECTION_FILE, record)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -173,7 +178,7 @@ class ApplicationMetrics:
         self._splits: Dict[str, DatasetSplits] = {}
 
     def __call__(self, run_dir: str) -> Dict[str, float]:
-        config = ckpt.load_config(run_dir)
+        config = Run(run_dir).config()
         if config.dataset not in self._splits:
             self._splits[config.dataset] = load_dataset(config.dataset, seed=config.seed)
         run = load_applied_run(run_dir, self._splits[config.dataset], device=self.device)
@@ -191,6 +196,6 @@ class ApplicationMetrics:
             metrics[f"{name}_success"] = attack.success_rate
             metrics[f"{name}_auroc"] = attack.auroc
         for file_name, record in records.items():
-            ckpt.atomic_write_json(record, os.path.join(run_dir, file_name))
+            Run(run_dir).write_json(file_name, record)
         return metrics
 

@@ -16,9 +16,9 @@ from torch.utils.data import DataLoader
 
 from ..car import assignment_agreement, filter_importance, prune
 from ..car.importance import most_important_class
-from ..train import checkpoint as ckpt
+from ..run_folder import Run, atomic_write_json
 from ..train.methods import create_method
-from ..train.trainer import EVAL_BATCH_SIZE, load_trained_model
+from ..train.trainer import EVAL_BATCH_SIZE
 
 CAR_FILE = "car.json"
 CURVE_FIGURE = "car_curve.png"
@@ -49,8 +49,9 @@ def car_agreement(run_dir: str, splits=None) -> Dict[str, float]:
       where no filter is decisive (a redundant layer: removing any one filter changes no prediction), so that
       "undefined" does not read as "disagrees".
     """
-    model, splits = load_trained_model(run_dir, splits)
-    config = ckpt.load_config(run_dir)
+    run = Run(run_dir)
+    model, splits = run.load_model(splits)
+    config = run.config()
     assigned = create_method(config).filter_class_matrix(model)
     if assigned is None:
         return {}
@@ -75,8 +76,9 @@ def write_car_report(run_dir: str, out_dir: Optional[str] = None, *, layer: Opti
     # Imported first: a missing matplotlib fails before minutes of computing.
     from . import car_figures
 
-    model, splits = load_trained_model(run_dir, splits)
-    config = ckpt.load_config(run_dir)
+    run = Run(run_dir)
+    model, splits = run.load_model(splits)
+    config = run.config()
     val, test = _loader(splits.val), _loader(splits.test)
     val_importance = filter_importance(model, val, layer)
     test_importance = filter_importance(model, test, layer)
@@ -111,5 +113,5 @@ def write_car_report(run_dir: str, out_dir: Optional[str] = None, *, layer: Opti
                                os.path.join(out_dir, CLASS_CAR_FIGURE),
                                title=f"class-wise CAR of {layer_name} (test split, {name})")
     path = os.path.join(out_dir, CAR_FILE)
-    ckpt.atomic_write_json(result, path)
+    atomic_write_json(result, path)
     return path

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Union
 
 from ..data import load_dataset
-from ..train import TrainConfig, load_summary, train
-from ..train.checkpoint import atomic_write_json, atomic_write_text
+from ..run_folder import Run, atomic_write_text
+from ..train import TrainConfig, train
 from .summary import seed_table
 
 __all__ = ["BUDGETS", "Budget", "ExtraMetrics", "combine_extra_metrics", "run_comparison"]
@@ -111,10 +111,11 @@ def run_comparison(out_dir: str, *, datasets: Sequence[str], methods: Sequence[s
                 if epochs is not None:
                     config.epochs = epochs
                 run_dir = train(config, splits=splits)
-                summary = load_summary(run_dir)
+                run = Run(run_dir)
+                summary = run.summary()
                 if extra_metrics is not None:
                     extra = extra_metrics(run_dir)
-                    atomic_write_json(extra, os.path.join(run_dir, "comparison.json"))
+                    run.write_json("comparison.json", extra)
                     summary["test"].update(extra)
                 summaries.append(summary)
                 if not quiet:

@@ -10,7 +10,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from ..train.checkpoint import atomic_path
+from ..run_folder import atomic_path
 
 try:
     from matplotlib.backends.backend_agg import FigureCanvasAgg

@@ -13,9 +13,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..metrics.paths import calculation_paths, class_mean_paths, class_path_similarity, within_between
-from ..train import checkpoint as ckpt
-from ..train.trainer import load_trained_model
+from ..run_folder import Run, atomic_write_text
 from .figures import Figure, _save
+from .tables import METRIC_TITLES, markdown_table
 
 __all__ = ["plot_class_paths", "plot_path_similarity", "test_paths", "write_nnd_report"]
 
@@ -86,11 +86,10 @@ def plot_nnd_curves(records: List[Dict[str, float]], path: str, best_epoch=None)
 
 
 def write_nnd_report(run_dir: str, out_dir: str, *, splits=None) -> str:
-    from .summary import METRIC_TITLES, markdown_table  # the tables live there; summary imports us lazily
-
-    summary = ckpt.load_summary(run_dir)
-    records = ckpt.read_json_lines(os.path.join(run_dir, ckpt.METRICS_FILE))
-    model, splits = load_trained_model(run_dir, splits)
+    run = Run(run_dir)
+    summary = run.summary()
+    records = run.metrics()
+    model, splits = run.load_model(splits)
     os.makedirs(out_dir, exist_ok=True)
     class_names = summary.get("class_names") or list(splits.class_names)
     paths, labels, widths = test_paths(model, splits.test)
@@ -139,5 +138,5 @@ images' paths: **{within:.4f}** within a class, **{between:.4f}** between classe
 ![training curves](training_curves.png)
 """
     path = os.path.join(out_dir, "report.md")
-    ckpt.atomic_write_text(text, path)
+    atomic_write_text(text, path)
     return path

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import os
-import re
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -12,50 +11,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from ..train import checkpoint as ckpt
+from ..run_folder import Run, atomic_write_text
 from ..car import assignment_agreement, filter_importance
 from ..train.config import TrainConfig
-from ..train.methods import METHOD_NAMES, create_method
-from ..train.trainer import load_trained_model
+from ..train.methods import create_method
 
-METRICS = ("acc1", "acc2", "acc3", "mis")
-METRIC_TITLES = {"acc1": "ACC1", "acc2": "ACC2", "acc3": "ACC3", "mis": "MIS", "density": "L1 density",
-                 "open": "open gates", "car_decisive": "CAR>0 filters", "car_agreement": "CAR agrees",
-                 # The applications' columns (report/applications.py).
-                 "loc_act_iou": "IoU act", "loc_act_hit": "hit act", "loc_grad_iou": "IoU grad",
-                 "loc_grad_hit": "hit grad", "loc_cam_iou": "IoU Grad-CAM", "loc_cam_hit": "hit Grad-CAM",
-                 "fgsm_success": "FGSM success", "fgsm_auroc": "AUROC FGSM", "pgd_success": "PGD success",
-                 "pgd_auroc": "AUROC PGD"}
-# Methods in the order tables list them: the baseline first.
-METHOD_ORDER = {name: order for order, name in enumerate(METHOD_NAMES)}
-MISSING = "–"
-
-
-def metric_columns(summaries: Sequence[Dict]) -> List[str]:
-    """The test metrics of a set of runs: the common ones first, then each method's own, in first-seen order.
-    A run without a column (STD has no L1 density) shows a dash there."""
-    seen = list(METRICS)
-    for summary in summaries:
-        seen += [name for name in summary["test"] if name not in seen]
-    # NND's per-layer open-gate shares (open_l1, open_l2, ...) stay in the runs' files and reports; the tables
-    # show their mean over the layers ("open").
-    return [name for name in seen if any(name in summary["test"] for summary in summaries)
-            and not re.fullmatch(r"open_l\d+", name)]
-
-
-def metric_title(name: str) -> str:
-    return METRIC_TITLES.get(name, name)
-
-
-def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A markdown table padded to aligned columns, so that it also reads well printed in a terminal."""
-    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows)]
-
-    def line(cells) -> str:
-        return "| " + " | ".join(str(cell).ljust(width) for cell, width in zip(cells, widths)) + " |"
-
-    separator = "|" + "|".join("-" * (width + 2) for width in widths) + "|"
-    return "\n".join([line(headers), separator, *(line(row) for row in rows)])
+from .tables import METHOD_ORDER, METRICS, METRIC_TITLES, MISSING, markdown_table, metric_columns, metric_title  # noqa: F401
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -64,7 +25,7 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str
 
 def compare_table(run_dirs: Sequence[str]) -> str:
     """One row per finished run: method, data set, seed, the test metrics and the training time."""
-    summaries = [ckpt.load_summary(run_dir) for run_dir in run_dirs]
+    summaries = [Run(run_dir).summary() for run_dir in run_dirs]
     columns = metric_columns(summaries)
     rows = []
     for run_dir, summary in zip(run_dirs, summaries):
@@ -148,14 +109,15 @@ def write_report(run_dir: str, out_dir: Optional[str] = None, *, num_images: int
     # Imported here: the tables above need no matplotlib, only the figures do.
     from . import car_figures, figures
 
-    summary = ckpt.load_summary(run_dir)
+    run = Run(run_dir)
+    summary = run.summary()
     if summary["method"] == "nnd":  # no P: its report reads the calculation paths
         from .paths import write_nnd_report
 
         return write_nnd_report(run_dir, out_dir or os.path.join(run_dir, "report"), splits=splits)
-    records = ckpt.read_json_lines(os.path.join(run_dir, ckpt.METRICS_FILE))
-    mi = np.load(os.path.join(run_dir, ckpt.TEST_MI_FILE))
-    model, splits = load_trained_model(run_dir, splits)
+    records = run.metrics()
+    mi = run.test_mi()
+    model, splits = run.load_model(splits)
     out_dir = out_dir or os.path.join(run_dir, "report")
     os.makedirs(out_dir, exist_ok=True)
 
@@ -183,7 +145,7 @@ def write_report(run_dir: str, out_dir: Optional[str] = None, *, num_images: int
     agreement = assignment_agreement(class_car, torch.as_tensor(P))
 
     path = os.path.join(out_dir, "report.md")
-    ckpt.atomic_write_text(_report_markdown(run_dir, summary, symbol, P, mi, cluster_sizes, class_names, agreement),
+    atomic_write_text(_report_markdown(run_dir, summary, symbol, P, mi, cluster_sizes, class_names, agreement),
                            path)
     return path
 

@@ -3,7 +3,7 @@ pathways) and, optionally, the MIS."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, Optional
 
 import torch
@@ -27,6 +27,8 @@ class EvalResult:
     # The mutual-information score and the (C, K) MI matrix, when asked for.
     mis: Optional[float] = None
     mi: Optional[torch.Tensor] = None
+    # What the method measured per input, averaged (NND: open-gate shares ``open``, ``open_l1``, ...).
+    measured: Dict[str, float] = field(default_factory=dict)
 
     @property
     def acc1(self) -> float:
@@ -65,12 +67,16 @@ def evaluate(
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, generator=torch.Generator().manual_seed(seed))
     accuracy = AccuracyMeter(method.accuracy_names)
     targets, features = [], []
+    sums, count = None, 0
     generator = torch.Generator(device).manual_seed(seed)
     for images, labels in loader:
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
         out = method.eval_outputs(model, images, labels, generator)
         accuracy.update_named(out.logits, labels)
+        if out.sums is not None:
+            sums = out.sums if sums is None else sums + out.sums
+            count += images.shape[0]
         if with_mis and out.features is not None:
             targets.append(labels)
             # X = sum of A over the positions, (B, K): all the MIS needs (DESIGN.md section 7). The
@@ -78,6 +84,8 @@ def evaluate(
             features.append(out.features.float().sum(dim=position_dims(out.features, out.channel_dim)))
 
     result = EvalResult(accuracy.compute())  # The one read of the counts.
+    if sums is not None:
+        result.measured = method.eval_metrics((sums / max(count, 1)).cpu())
     if with_mis and features:
         result.mis, result.mi = mutual_information_score(
             torch.cat(features).cpu(), torch.cat(targets).cpu(), num_classes=num_classes

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import os
 import sys
 import time
 import warnings
@@ -35,6 +34,7 @@ from tqdm.auto import tqdm
 from .. import __version__, ops
 from ..data import DatasetSplits, load_dataset
 from ..data.transforms import augment_batch, resize_splits
+from ..run_folder import Run
 from . import checkpoint as ckpt
 from . import distributed
 from .config import TrainConfig
@@ -55,23 +55,10 @@ def build_model(config: TrainConfig, in_channels: int, num_classes: int, image_s
     return create_method(config).build_model(in_channels, num_classes, image_size)
 
 
-def load_trained_model(run_dir: str, splits: Optional[DatasetSplits] = None, *, which: str = ckpt.BEST_FILE,
+def load_trained_model(run_dir: str, splits: Optional[DatasetSplits] = None, *, which: str = Run.BEST,
                        device: str = "cpu"):
-    """The model of a finished (or interrupted) run, in eval mode, and the data it was trained on.
-
-    ``which``: ``best.pt`` (the selected epoch, the default) or ``checkpoint.pt`` (the last epoch).
-    """
-    config = ckpt.load_config(run_dir)
-    if splits is None:
-        splits = load_dataset(config.dataset, seed=config.seed)
-    splits = resize_splits(splits, config.image_size)
-    state = ckpt.load_checkpoint(os.path.join(run_dir, which), expected=config)
-    # The checkpoint holds the weights: a --weights file is not read again (it may have moved).
-    method = create_method(dataclasses.replace(config, weights=None))
-    model = method.build_model(splits.in_channels, splits.num_classes, splits.image_size)
-    method.prepare(model)
-    model.load_state_dict(state["model"])
-    return model.to(device).eval(), splits
+    """The model of a run in eval mode and its data: :meth:`picnn_ext.run_folder.Run.load_model`."""
+    return Run(run_dir).load_model(splits, which=which, device=device)
 
 
 def sampling_seed(seed: int, rank: int, *more: int) -> int:
@@ -129,6 +116,7 @@ class Trainer:
             if len(getattr(self.splits, split)) == 0:
                 raise ValueError(f"data set {config.dataset!r}: the {split} split is empty")
         self.run_dir = config.run_dir()
+        self.run_folder = Run(self.run_dir)
         state = None
         if resume:
             state = self._load_resume_state()
@@ -189,18 +177,16 @@ class Trainer:
     # The run directory
 
     def _check_run_dir_is_new(self) -> None:
-        for name in (ckpt.CHECKPOINT_FILE, ckpt.CONFIG_FILE):
-            if os.path.exists(os.path.join(self.run_dir, name)):
-                raise FileExistsError(
-                    f"{self.run_dir} already holds a run; continue it with --resume {self.run_dir}, "
-                    "or choose another --run-name or --out-dir"
-                )
+        if self.run_folder.holds_a_run():
+            raise FileExistsError(f"{self.run_dir} already holds a run; continue it with --resume {self.run_dir}, "
+                                  "or choose another --run-name or --out-dir")
 
     def _load_resume_state(self) -> Dict[str, Any]:
-        path = os.path.join(self.run_dir, ckpt.CHECKPOINT_FILE)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"nothing to resume in {self.run_dir}: it has no {ckpt.CHECKPOINT_FILE}")
-        return ckpt.load_checkpoint(path, expected=self.config)
+        if not self.run_folder.has(Run.CHECKPOINT) and not self.run_folder.recorded(Run.CHECKPOINT):
+            raise FileNotFoundError(f"nothing to resume in {self.run_dir}: it has no {Run.CHECKPOINT}")
+        # Every file the run reads or rewrites is checked before anything is written.
+        self.run_folder.check_for_resume()
+        return self.run_folder.checkpoint(Run.CHECKPOINT, expected=self.config)
 
     def _restore(self, state: Dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
@@ -225,12 +211,10 @@ class Trainer:
             self.generator.manual_seed(sampling_seed(self.config.seed, self.context.rank, state["epoch"]))
 
     def _start_run_dir(self) -> None:
-        os.makedirs(self.run_dir, exist_ok=True)
-        config_path = os.path.join(self.run_dir, ckpt.CONFIG_FILE)
-        if not os.path.exists(config_path):  # A resumed run keeps the config it was started with.
-            ckpt.atomic_write_json(self.config.to_dict(), config_path)
+        if not self.run_folder.has(Run.CONFIG):  # A resumed run keeps the config it was started with.
+            self.run_folder.write_config(self.config)
         # Lines of epochs after the checkpoint are from a run killed before it could save them.
-        ckpt.truncate_metrics(os.path.join(self.run_dir, ckpt.METRICS_FILE), self.start_epoch - 1)
+        self.run_folder.truncate_metrics(self.start_epoch - 1)
 
     # ----------------------------------------------------------------------------------------------------
     # The loop
@@ -353,26 +337,27 @@ class Trainer:
                 "epoch": epoch,
                 "train_loss": train_loss,
                 **{f"val_{name}": value for name, value in val.metrics().items()},
+                **val.measured,
                 **self.method.model_metrics(self.model),
                 "lr": self.optimizer.param_groups[0]["lr"],
                 "time_s": seconds,
                 "val_time_s": time.perf_counter() - start,
             }
-            ckpt.append_json_line(record, os.path.join(self.run_dir, ckpt.METRICS_FILE))
+            self.run_folder.append_metrics(record)
             # Model selection on the validation split: the best ACC1; on a tie the later epoch, which has
             # trained longer (and, under the cosine schedule, at a lower learning rate).
             if val.acc1 >= self.best["val_acc1"]:
                 self.best = {"epoch": epoch, "val_acc1": val.acc1}
-                ckpt.save_best(self.run_dir, config=self.config, epoch=epoch, model=self.model,
-                               val=val.metrics())
-            ckpt.save_checkpoint(
-                self.run_dir, config=self.config, epoch=epoch, model=self.model, optimizer=self.optimizer,
+                self.run_folder.save_best(config=self.config, epoch=epoch, model=self.model, val=val.metrics())
+            self.run_folder.save_checkpoint(
+                config=self.config, epoch=epoch, model=self.model, optimizer=self.optimizer,
                 scheduler=self.scheduler, rng_states=rng_states, best=self.best,
                 train_time_s=self.train_time_s,
             )
             if not self.config.quiet:
                 scores = " ".join(f"{name} {value:.4f}" for name, value in val.metrics().items())
-                extras = "".join(f"  {name} {value:.4f}" for name, value in self.method.model_metrics(self.model).items())
+                measured = {**val.measured, **self.method.model_metrics(self.model)}
+                extras = "".join(f"  {name} {value:.4f}" for name, value in measured.items())
                 note = self.method.epoch_note(epoch)
                 tqdm.write(
                     f"epoch {epoch}/{self.config.epochs}{f' ({note})' if note else ''}  loss {train_loss:.4f}  "
@@ -384,17 +369,17 @@ class Trainer:
     def _finish(self) -> None:
         """Score the best epoch's weights on the test split, once, and write the summary (rank 0)."""
         if self.context.is_main:
-            best = ckpt.load_checkpoint(os.path.join(self.run_dir, ckpt.BEST_FILE))
+            best = self.run_folder.checkpoint(Run.BEST)
             self.model.load_state_dict(best["model"])
             test = evaluate(self.model, self.splits.test, device=self.device, method=self.method,
                             batch_size=EVAL_BATCH_SIZE, with_mis=True, num_classes=self.splits.num_classes)
             if test.mi is not None:
-                ckpt.atomic_save_npy(test.mi.numpy(), os.path.join(self.run_dir, ckpt.TEST_MI_FILE))
+                self.run_folder.write_test_mi(test.mi.numpy())
             summary = {
                 "method": self.config.method,
                 "dataset": self.config.dataset,
                 "seed": self.config.seed,
-                "test": {**test.metrics(), **self.method.model_metrics(self.model)},
+                "test": {**test.metrics(), **test.measured, **self.method.model_metrics(self.model)},
                 "best_epoch": best["epoch"],
                 "val": best["val"],
                 "epochs": self.config.epochs,
@@ -407,7 +392,7 @@ class Trainer:
                 "class_names": list(self.splits.class_names),
                 "config": self.config.to_dict(),
             }
-            ckpt.atomic_write_json(summary, os.path.join(self.run_dir, ckpt.SUMMARY_FILE))
+            self.run_folder.write_summary(summary)
             if not self.config.quiet:
                 scores = " ".join(f"{name} {value:.4f}" for name, value in summary["test"].items())
                 tqdm.write(f"test (epoch {best['epoch']}): {scores}; wrote {self.run_dir}", file=sys.stderr)

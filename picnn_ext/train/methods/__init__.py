@@ -7,15 +7,13 @@ See :mod:`.base` for what a method decides; each method is one file here.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Dict, Type
+from typing import Dict, Type
 
 from .base import EvalOutputs, TrainingMethod, backbone_stages, build_backbone, build_network
 from .csg import CSGMethod, is_csg_epoch
 from .nnd import NNDMethod
 from .picnn import PICNNMethod, STDMethod
 
-if TYPE_CHECKING:
-    from ..config import TrainConfig
 
 # Listed in the order tables show them: the baseline first.
 METHOD_CLASSES: Dict[str, Type[TrainingMethod]] = {
@@ -25,7 +23,7 @@ METHOD_NAMES = tuple(METHOD_CLASSES)
 METHOD_HELP = "; ".join(f"'{name}': {cls.help}" for name, cls in METHOD_CLASSES.items())
 
 
-def create_method(config: "TrainConfig") -> TrainingMethod:
+def create_method(config: "TrainConfig") -> TrainingMethod:  # picnn_ext.train.config.TrainConfig
     """The method that ``config.method`` names, bound to the config."""
     try:
         cls = METHOD_CLASSES[config.method]

@@ -7,28 +7,31 @@ what differs between STD, PICNN, CSG and NND:
 - ``prepare`` and ``parameter_groups``: what trains, at which learning rate;
 - ``training_loss``: one step's forward and loss (CSG switches paths by epoch);
 - ``after_step``: a projection or clamp after the optimiser step (CSG's gate projection);
-- ``eval_outputs``: the named logits scored on a split (``acc1`` always: the network a user deploys) and
-  the interpreted layer's output for the MIS;
+- ``eval_outputs``: the named logits scored on a split (``acc1`` always: the network a user deploys), the
+  interpreted layer's output for the MIS, and per-input measures summed over the batch (NND's open-gate
+  shares), which the evaluation averages and ``eval_metrics`` names: they are part of the evaluation's
+  result, the method keeps no state between batches;
 - ``model_metrics``: numbers read off the weights alone (CSG's L1 density);
+- ``filter_class_matrix``: the (C, K) matrix that assigns filters to classes (P, G), if any;
 - for the applications (:mod:`picnn_ext.applications`: localisation, adversarial detection):
   ``features`` and ``logits_from_features`` (the network split at the interpreted layer),
-  ``assigned_filters`` (the (C, K) filter weights of each class read off the weights, or None to rank
-  filters by class-mean activation) and ``calculation_path`` (NND's per-input gate path, None elsewhere).
+  ``assigned_filters`` (the (C, K) filter weights of each class: the method's ``class_filter_weights`` of
+  its filter-class matrix, or None to rank filters by class-mean activation) and ``calculation_path`` (NND's per-input gate path, None elsewhere).
 
 Everything a method does in a step stays on the device (no ``.item()``), as the trainer's loop requires.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
 
 from ...models.registry import backbone_stages, create_backbone
 
-if TYPE_CHECKING:  # The config imports the registry, not the other way round.
-    from ..config import TrainConfig
+# "TrainConfig" in the annotations is picnn_ext.train.config.TrainConfig, not imported: the config imports this
+# registry for the method names, and the registry needs nothing of the config but its attributes.
 
 __all__ = ["EvalOutputs", "TrainingMethod", "backbone_stages", "build_backbone", "build_network"]
 
@@ -68,6 +71,9 @@ class EvalOutputs:
     logits: Dict[str, Optional[torch.Tensor]]  # name -> (B, C) logits; "acc1" is the deployed network
     features: Optional[torch.Tensor] = None      # A, for the MIS; None: the method has no interpreted layer
     channel_dim: int = 1                          # where the K filters lie in ``features``
+    # Per-batch sums over the samples of what the method measures per input (NND: the open-gate shares),
+    # (M,) on the device; the evaluation sums them and hands their mean to ``eval_metrics``.
+    sums: Optional[torch.Tensor] = None
 
 
 class TrainingMethod:
@@ -105,6 +111,10 @@ class TrainingMethod:
                      generator: torch.Generator) -> EvalOutputs:
         raise NotImplementedError
 
+    def eval_metrics(self, means: torch.Tensor) -> Dict[str, float]:
+        """The named metrics of ``EvalOutputs.sums`` averaged over the evaluated samples (M,), on the host."""
+        return {}
+
     def model_metrics(self, model: nn.Module) -> Dict[str, float]:
         """Numbers read off the weights (one host read each), logged per epoch and in the summary."""
         return {}
@@ -126,11 +136,22 @@ class TrainingMethod:
         """The deployed network's logits (B, C) from A: what Grad-CAM and the attacks differentiate."""
         return model.head(A).logits
 
+    # Whether training learns the filter-class matrix (STD's P is its random start: it assigns nothing).
+    trains_filter_class_matrix = True
+
     def assigned_filters(self, model: nn.Module) -> Optional[torch.Tensor]:
-        """(C, K) non-negative weights of each class's filters, read off the weights (PICNN: the filters P
-        assigns to the class; CSG: G); None (the default): the applications rank the filters by class-mean
-        activation on the training split, as the CSG authors do for a standard network."""
-        return None
+        """(C, K) non-negative weights of each class's filters, from :meth:`filter_class_matrix` through
+        :meth:`class_filter_weights`; None where the method has no trained matrix: the applications then rank
+        the filters by class-mean activation on the training split, as the CSG authors do for a standard
+        network."""
+        found = self.filter_class_matrix(model)
+        if found is None or not self.trains_filter_class_matrix:
+            return None
+        return self.class_filter_weights(found[1])
+
+    def class_filter_weights(self, matrix: torch.Tensor) -> torch.Tensor:
+        """The applications' (C, K) weights from the method's filter-class matrix (its own reading of it)."""
+        raise NotImplementedError
 
     def calculation_path(self, model: nn.Module, images: torch.Tensor) -> Optional[torch.Tensor]:
         """(B, L) per-input calculation path (NND: every gate of every layer, 0 or 1); None (the default):

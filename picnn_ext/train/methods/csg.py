@@ -67,8 +67,8 @@ class CSGMethod(TrainingMethod):
     def filter_class_matrix(self, model):
         return "G", model.head.G.detach()
 
-    def assigned_filters(self, model):
-        return model.head.G.detach().clamp(0.0, 1.0)
+    def class_filter_weights(self, G):
+        return G.clamp(0.0, 1.0)
 
     def epoch_note(self, epoch: int) -> str:
         return "csg" if self.csg_epoch(epoch) else "std"

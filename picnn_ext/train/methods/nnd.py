@@ -5,13 +5,14 @@ The network is the one STD and PICNN train (backbone, then the interpreted 3x3 c
 GAP + Linear), decoupled: the backbone's convs and the interpreted layer each get a controller, so the
 MIS reads the same K filters as for the other methods (gated, as the network uses them).
 
-Per evaluation, the share of open gates of each layer (``open_l1``, ``open_l2``, ...; ``open`` over all
-gates) is summed on the device batch by batch in ``eval_outputs`` and read once by ``model_metrics``,
-which the trainer calls right after each evaluation.
+Per evaluation, the share of open gates over all gates (``open``) and of each layer (``open_l1``,
+``open_l2``, ...) is part of the evaluation result: ``eval_outputs`` sums it over the batch's samples on the
+device, the evaluation sums the batches and reads the mean once, and ``eval_metrics`` names it. The method
+object keeps no state between the two.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+from typing import Dict, Optional
 
 import torch
 from torch import nn
@@ -28,13 +29,6 @@ class NNDMethod(TrainingMethod):
     help = ("network decoupling: every conv layer gated per input by a controller; CE plus the sparsity, "
             "information and alignment terms")
 
-    def __init__(self, config):
-        super().__init__(config)
-        self._open_sums: Optional[torch.Tensor] = None  # (L,) sum over samples of each layer's open share
-        self._count: Optional[torch.Tensor] = None
-        self._widths: List[int] = []
-        self._read = False
-
     def build_model(self, in_channels: int, num_classes: int, image_size) -> DecoupledNet:
         backbone, width = build_backbone(self.config, in_channels, image_size)
         activation = None if self.config.interpreted_activation == "none" else self.config.interpreted_activation
@@ -48,13 +42,14 @@ class NNDMethod(TrainingMethod):
 
     def eval_outputs(self, model, images, targets, generator):
         out = model(images)  # eval mode: the deterministic gates z > 0, no draw
-        shares = torch.stack([gate.float().mean(dim=1).sum() for gate in out.gates])
-        if self._read or self._open_sums is None:  # the first batch of a new evaluation
-            self._open_sums, self._count = torch.zeros_like(shares), torch.zeros((), device=shares.device)
-            self._widths, self._read = [gate.shape[1] for gate in out.gates], False
-        self._open_sums += shares
-        self._count += images.shape[0]
-        return EvalOutputs({"acc1": out.logits}, out.features, 1)
+        # Summed over the samples: the share of all gates open, then each layer's.
+        shares = [torch.cat(out.gates, dim=1).float().mean(dim=1).sum()]
+        shares += [gate.float().mean(dim=1).sum() for gate in out.gates]
+        return EvalOutputs({"acc1": out.logits}, out.features, 1, sums=torch.stack(shares))
+
+    def eval_metrics(self, means: torch.Tensor) -> Dict[str, float]:
+        overall, *layers = means.tolist()
+        return {"open": overall, **{f"open_l{layer + 1}": share for layer, share in enumerate(layers)}}
 
     # The applications' hooks (picnn_ext.applications): A is the last gated layer's map, the classifier reads
     # it, and an input's calculation path is every gate of every layer (detection by path distance).
@@ -66,13 +61,3 @@ class NNDMethod(TrainingMethod):
 
     def calculation_path(self, model: nn.Module, images: torch.Tensor) -> Optional[torch.Tensor]:
         return torch.cat(model(images).gates, dim=1).float()
-
-    def model_metrics(self, model: nn.Module) -> Dict[str, float]:
-        if self._open_sums is None:
-            return {}
-        self._read = True
-        shares = (self._open_sums / self._count.clamp(min=1)).tolist()  # the one read
-        widths = self._widths
-        metrics = {"open": sum(share * width for share, width in zip(shares, widths)) / sum(widths)}
-        metrics.update({f"open_l{layer + 1}": share for layer, share in enumerate(shares)})
-        return metrics

@@ -35,13 +35,11 @@ class PICNNMethod(TrainingMethod):
         return EvalOutputs({"acc1": out.logits, "acc2": out.interp_logits, "acc3": out.complement_logits},
                            A, model.head.channel_dim)
 
-
     def filter_class_matrix(self, model):
         return "P", model.head.P.detach()
 
-    def assigned_filters(self, model):
+    def class_filter_weights(self, P):
         # Each filter serves the class with the largest P in its column.
-        P = model.head.P.detach()
         return torch.nn.functional.one_hot(P.argmax(dim=0), P.shape[0]).T.to(P.dtype)
 
 
@@ -54,6 +52,5 @@ class STDMethod(PICNNMethod):
         # theta gets no gradient; marking it frozen says so to DDP, which would otherwise wait for it.
         model.head.theta.requires_grad_(False)
 
-    def assigned_filters(self, model):
-        # theta never trained: P is its random start and assigns nothing; rank by activation instead.
-        return None
+    # theta never trained: P is its random start and assigns nothing; the applications rank by activation.
+    trains_filter_class_matrix = False
