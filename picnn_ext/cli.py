@@ -214,6 +214,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_run_options(detect_parser)
     _add_attack_options(detect_parser)
+
+    atlas_parser = commands.add_parser(
+        "atlas", help="filter atlas: each class's filters and their top images, in an offline HTML page",
+        description="For every class, the filters assigned to it and each filter's top-k images of a split by "
+                    "pooled response with its map over them; writes atlas/index.html, its images and atlas.json.")
+    atlas_parser.add_argument("run_dir", metavar="RUN_DIR")
+    atlas_parser.add_argument("--split", default="test", choices=["train", "val", "test"], help="(default: test)")
+    atlas_parser.add_argument("--top", type=int, default=8, help="images per filter (default: 8)")
+    atlas_parser.add_argument("--out-dir", metavar="DIR", help="where to write (default: RUN_DIR/atlas)")
     return parser
 
 
@@ -301,6 +310,14 @@ def _detect_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _atlas_command(args: argparse.Namespace) -> int:
+    from .report.atlas import write_atlas  # matplotlib and pillow, only for this command
+
+    path, figures = write_atlas(args.run_dir, args.out_dir, split=args.split, top=args.top)
+    print(f"{path} (mean top-{figures['k']} purity {figures['mean']:.3f}, chance {figures['chance']:.3f})")
+    return 0
+
+
 COMMANDS = {
     "train": _train_command,
     "report": _report_command,
@@ -310,6 +327,7 @@ COMMANDS = {
     "compare-methods": _compare_methods_command,
     "localize": _localize_command,
     "detect": _detect_command,
+    "atlas": _atlas_command,
 }
 
 
