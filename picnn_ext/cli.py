@@ -281,7 +281,10 @@ def _digits_demo_command(args: argparse.Namespace) -> int:
 
 def _compare_methods_command(args: argparse.Namespace) -> int:
     # Class-wise CAR against each run's P or G (issue 8's agreement column), then the applications.
-    extra_metrics = [car_agreement]
+    from .report.atlas import atlas_purity  # matplotlib and pillow, as the applications need
+
+    # ... and the filter atlas's mean top-k purity (issue 22).
+    extra_metrics = [car_agreement, atlas_purity]
     if args.applications:
         # Checks the attack options before any training starts.
         extra_metrics.append(ApplicationMetrics(epsilon=args.epsilon, steps=args.pgd_steps,

@@ -202,3 +202,22 @@ def atlas_purity(run_dir: str) -> Dict[str, float]:
     """compare-methods' column: the run's atlas written, its mean top-k purity on the test split."""
     _, figures = write_atlas(run_dir, quiet=True)
     return {"topk_purity": figures["mean"]}
+
+
+def add_atlas_to_run(run_dir: str, report_dir: str, splits=None) -> str:
+    """For ``picnn-ext report``: the atlas of the test split written to RUN_DIR/atlas, its purity stored in
+    ``summary.json`` (``test.topk_purity`` the mean, ``topk_purity`` the distribution); returns the markdown
+    line that links the report to the page."""
+    path, figures = write_atlas(run_dir, report_dir=report_dir, quiet=True, splits=splits)
+    summary = ckpt.load_summary(run_dir)
+    summary["test"]["topk_purity"] = figures["mean"]
+    summary["topk_purity"] = figures
+    ckpt.atomic_write_json(summary, os.path.join(run_dir, ckpt.SUMMARY_FILE))
+    link = os.path.relpath(path, report_dir)
+    return (f"## Filter atlas\n\nEach class's filters and their top-{figures['k']} test images: [{link}]({link}). "
+            f"Mean top-{figures['k']} purity {figures['mean']:.3f} over {figures['filters']} filters (chance about "
+            f"1/C = {figures['chance']:.3f}); quartiles {_quartiles(figures)}.\n")
+
+
+def _quartiles(figures) -> str:
+    return ", ".join(f"{q:.2f}" for q in figures["quartiles"]) if figures["quartiles"] else "none"

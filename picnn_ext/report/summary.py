@@ -25,7 +25,7 @@ METRIC_TITLES = {"acc1": "ACC1", "acc2": "ACC2", "acc3": "ACC3", "mis": "MIS", "
                  "loc_act_iou": "IoU act", "loc_act_hit": "hit act", "loc_grad_iou": "IoU grad",
                  "loc_grad_hit": "hit grad", "loc_cam_iou": "IoU Grad-CAM", "loc_cam_hit": "hit Grad-CAM",
                  "fgsm_success": "FGSM success", "fgsm_auroc": "AUROC FGSM", "pgd_success": "PGD success",
-                 "pgd_auroc": "AUROC PGD"}
+                 "pgd_auroc": "AUROC PGD", "topk_purity": "top-k purity"}
 # Methods in the order tables list them: the baseline first.
 METHOD_ORDER = {name: order for order, name in enumerate(METHOD_NAMES)}
 MISSING = "–"
@@ -148,6 +148,8 @@ def write_report(run_dir: str, out_dir: Optional[str] = None, *, num_images: int
     # Imported here: the tables above need no matplotlib, only the figures do.
     from . import car_figures, figures
 
+    from .atlas import add_atlas_to_run
+
     summary = ckpt.load_summary(run_dir)
     if summary["method"] == "nnd":  # no P: its report reads the calculation paths
         from .paths import write_nnd_report
@@ -158,6 +160,9 @@ def write_report(run_dir: str, out_dir: Optional[str] = None, *, num_images: int
     model, splits = load_trained_model(run_dir, splits)
     out_dir = out_dir or os.path.join(run_dir, "report")
     os.makedirs(out_dir, exist_ok=True)
+    # The atlas first: it stores the top-k purity in summary.json, which the metrics table then shows.
+    atlas_section = add_atlas_to_run(run_dir, out_dir, splits)
+    summary = ckpt.load_summary(run_dir)
 
     class_names = summary.get("class_names") or list(splits.class_names)
     method = create_method(TrainConfig.from_dict(summary["config"]))
@@ -183,7 +188,8 @@ def write_report(run_dir: str, out_dir: Optional[str] = None, *, num_images: int
     agreement = assignment_agreement(class_car, torch.as_tensor(P))
 
     path = os.path.join(out_dir, "report.md")
-    ckpt.atomic_write_text(_report_markdown(run_dir, summary, symbol, P, mi, cluster_sizes, class_names, agreement),
+    ckpt.atomic_write_text(_report_markdown(run_dir, summary, symbol, P, mi, cluster_sizes, class_names, agreement)
+                           + "\n" + atlas_section,
                            path)
     return path
 
@@ -196,6 +202,8 @@ METRIC_NOTES = {
     "acc_gate": "acc_gate: the CSG path, the features gated by the true class's row of G",
     "mis": "MIS: mean over filters of the largest mutual information with a class",
     "density": "L1 density: |G|_1 / (C K), the share of gate mass left open",
+    "topk_purity": "top-k purity: mean over filters of the share of a filter's top-k images (by pooled response) "
+                   "of its assigned class; about 1/C by chance (see the filter atlas)",
 }
 
 
