@@ -138,3 +138,38 @@ def test_atlas_page_of_a_real_run_loads_every_image_in_chromium(tmp_path):
     if os.environ.get("PICNN_EXT_ATLAS_SCREENSHOT"):
         shutil.copy(screenshot, os.environ["PICNN_EXT_ATLAS_SCREENSHOT"])
     assert 0.0 <= figures["mean"] <= 1.0 and figures["chance"] == 0.1
+
+
+def test_atlas_of_a_torchvision_model_on_an_image_folder(tmp_path):
+    """A torchvision backbone on an image folder: the atlas shows the images in their colours (ImageNet
+    normalisation undone), so a red class's tiles stay red where the filter's map is weak."""
+    try:
+        import torchvision  # noqa: F401
+    except Exception as error:  # torchvision does not import with the CPU torch 2.13 of .venv
+        if os.environ.get("PICNN_EXT_REQUIRE_TORCHVISION") == "1":
+            pytest.fail(f"PICNN_EXT_REQUIRE_TORCHVISION=1 but torchvision does not import: {error}")
+        pytest.skip(f"torchvision does not import: {error}")
+    from PIL import Image
+
+    from picnn_ext.report.atlas import write_atlas
+    from picnn_ext.train import TrainConfig, train
+
+    colours = [(230, 20, 20), (20, 230, 20), (20, 20, 230)]
+    for label, colour in enumerate(colours):
+        os.makedirs(tmp_path / "images" / f"c{label}")
+        for index in range(12):
+            Image.new("RGB", (32, 32), colour).save(tmp_path / "images" / f"c{label}" / f"{index}.png")
+    run_dir = train(TrainConfig(method="picnn", dataset=f"folder:{tmp_path / 'images'}", backbone="resnet18",
+                                epochs=1, batch_size=8, num_filters=6, out_dir=str(tmp_path / "runs"), quiet=True))
+    index, figures = write_atlas(run_dir, top=2, quiet=True)
+    atlas = json.load(open(os.path.join(os.path.dirname(index), "atlas.json")))
+    assert len(atlas["filter_purity"]) == 6 and figures["chance"] == pytest.approx(1 / 3)
+    # The tiles start from the images in their own colours, not from ImageNet-normalised values.
+    from picnn_ext.data import load_dataset
+    from picnn_ext.report.atlas import display_pixels
+
+    splits = load_dataset(f"folder:{tmp_path / 'images'}")
+    images, labels = zip(*(splits.test[i] for i in range(len(splits.test))))
+    shown = display_pixels(torch.stack(images), splits) * 255
+    expected = torch.tensor([colours[int(label)] for label in labels], dtype=torch.float32)[:, :, None, None]
+    assert torch.allclose(shown, expected.expand_as(shown), atol=1.0)

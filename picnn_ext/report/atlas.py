@@ -96,8 +96,7 @@ def _tiles(model, method, dataset, splits, top: StreamingTopK, out_dir: str) -> 
         maps = F.interpolate(maps, size=(TILE, TILE), mode="bilinear", align_corners=False)[:, 0].numpy()
         # One scale per filter, so that its images compare; negative responses shown as none.
         maps = np.clip(maps, 0, None) / max(float(maps.max()), 1e-12)
-        # The original colours: the data's normalisation undone.
-        raw = splits.to_raw(images).clamp(0, 1)
+        raw = display_pixels(images, splits)
         raw = F.interpolate(raw, size=(TILE, TILE), mode="nearest" if raw.shape[-1] < TILE else "area")
         for rank in range(len(chosen)):
             pixels = raw[rank].permute(1, 2, 0).numpy()
@@ -111,6 +110,11 @@ def _tiles(model, method, dataset, splits, top: StreamingTopK, out_dir: str) -> 
                                                                            optimize=True)
             paths[filter_index, rank] = name
     return paths
+
+
+def display_pixels(images: torch.Tensor, splits) -> torch.Tensor:
+    """The images as shown, in their original colours: the data's normalisation undone, in [0, 1]."""
+    return splits.to_raw(images).clamp(0, 1)
 
 
 STYLE = """body{font-family:sans-serif;margin:1.5em;max-width:80em}h2{border-bottom:1px solid #999}
