@@ -173,3 +173,19 @@ def test_atlas_of_a_torchvision_model_on_an_image_folder(tmp_path):
     shown = display_pixels(torch.stack(images), splits) * 255
     expected = torch.tensor([colours[int(label)] for label in labels], dtype=torch.float32)[:, :, None, None]
     assert torch.allclose(shown, expected.expand_as(shown), atol=1.0)
+
+
+def test_report_writes_the_atlas_stores_purity_and_the_pages_link_each_other(tmp_path):
+    from picnn_ext.report import write_report
+    from picnn_ext.train import TrainConfig, load_summary, train
+
+    run_dir = train(TrainConfig(method="picnn", dataset="digits", epochs=1, batch_size=64, width=8, num_filters=10,
+                                out_dir=str(tmp_path), quiet=True))
+    report = write_report(run_dir, num_images=2)
+    atlas = json.load(open(os.path.join(run_dir, "atlas", "atlas.json")))
+    summary = load_summary(run_dir)
+    assert summary["test"]["topk_purity"] == atlas["purity"]["mean"] == summary["topk_purity"]["mean"]
+    assert "](../atlas/index.html)" in open(report, encoding="utf-8").read()
+    page = open(os.path.join(run_dir, "atlas", "index.html"), encoding="utf-8").read()
+    back = re.search(r'<a href="([^"]+)">Back to the report', page).group(1)
+    assert os.path.normpath(os.path.join(run_dir, "atlas", back)) == os.path.normpath(report)
