@@ -218,6 +218,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_run_options(detect_parser)
     _add_attack_options(detect_parser)
+
+    atlas_parser = commands.add_parser(
+        "atlas", help="filter atlas: each class's filters and their top images, in an offline HTML page",
+        description="For every class, the filters assigned to it and each filter's top-k images of a split by "
+                    "pooled response with its map over them; writes atlas/index.html, its images and atlas.json.")
+    atlas_parser.add_argument("run_dir", metavar="RUN_DIR")
+    atlas_parser.add_argument("--split", default="test", choices=["train", "val", "test"], help="(default: test)")
+    atlas_parser.add_argument("--top", type=int, default=8, help="images per filter (default: 8)")
+    atlas_parser.add_argument("--out-dir", metavar="DIR", help="where to write (default: RUN_DIR/atlas)")
     return parser
 
 
@@ -276,7 +285,10 @@ def _digits_demo_command(args: argparse.Namespace) -> int:
 
 def _compare_methods_command(args: argparse.Namespace) -> int:
     # Class-wise CAR against each run's P or G (issue 8's agreement column), then the applications.
-    extra_metrics = [car_agreement]
+    from .report.atlas import atlas_purity  # matplotlib and pillow, as the applications need
+
+    # ... and the filter atlas's mean top-k purity (issue 22).
+    extra_metrics = [car_agreement, atlas_purity]
     if args.applications:
         # Checks the attack options before any training starts.
         extra_metrics.append(ApplicationMetrics(epsilon=args.epsilon, steps=args.pgd_steps,
@@ -305,6 +317,14 @@ def _detect_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _atlas_command(args: argparse.Namespace) -> int:
+    from .report.atlas import write_atlas  # matplotlib and pillow, only for this command
+
+    path, figures = write_atlas(args.run_dir, args.out_dir, split=args.split, top=args.top)
+    print(f"{path} (mean top-{figures['k']} purity {figures['mean']:.3f}, chance {figures['chance']:.3f})")
+    return 0
+
+
 COMMANDS = {
     "train": _train_command,
     "report": _report_command,
@@ -314,6 +334,7 @@ COMMANDS = {
     "compare-methods": _compare_methods_command,
     "localize": _localize_command,
     "detect": _detect_command,
+    "atlas": _atlas_command,
 }
 
 

@@ -91,6 +91,10 @@ def write_nnd_report(run_dir: str, out_dir: str, *, splits=None) -> str:
     records = run.metrics()
     model, splits = run.load_model(splits)
     os.makedirs(out_dir, exist_ok=True)
+    from .atlas import add_atlas_to_run  # stores the top-k purity in summary.json, so read it after
+
+    atlas_section = add_atlas_to_run(run_dir, out_dir, splits)
+    summary = run.summary()
     class_names = summary.get("class_names") or list(splits.class_names)
     paths, labels, widths = test_paths(model, splits.test)
     means = class_mean_paths(paths, labels, len(class_names)).numpy()
@@ -101,7 +105,7 @@ def write_nnd_report(run_dir: str, out_dir: str, *, splits=None) -> str:
     plot_nnd_curves(records, os.path.join(out_dir, "training_curves.png"), summary["best_epoch"])
 
     test, config = summary["test"], summary["config"]
-    names = [name for name in ("acc1", "mis", "open") if name in test]
+    names = [name for name in ("acc1", "mis", "open", "topk_purity") if name in test]
     metrics = markdown_table([METRIC_TITLES.get(name, name) for name in names], [[f"{test[n]:.4f}" for n in names]])
     layers = markdown_table(["layer", "filters", "open share (test)"],
                             [[str(i + 1), str(width), f"{test.get(f'open_l{i + 1}', float('nan')):.3f}"]
@@ -136,7 +140,8 @@ images' paths: **{within:.4f}** within a class, **{between:.4f}** between classe
 ## Training curves
 
 ![training curves](training_curves.png)
-"""
+
+{atlas_section}"""
     path = os.path.join(out_dir, "report.md")
     atomic_write_text(text, path)
     return path

@@ -109,6 +109,8 @@ def write_report(run_dir: str, out_dir: Optional[str] = None, *, num_images: int
     # Imported here: the tables above need no matplotlib, only the figures do.
     from . import car_figures, figures
 
+    from .atlas import add_atlas_to_run
+
     run = Run(run_dir)
     summary = run.summary()
     if summary["method"] == "nnd":  # no P: its report reads the calculation paths
@@ -120,6 +122,9 @@ def write_report(run_dir: str, out_dir: Optional[str] = None, *, num_images: int
     model, splits = run.load_model(splits)
     out_dir = out_dir or os.path.join(run_dir, "report")
     os.makedirs(out_dir, exist_ok=True)
+    # The atlas first: it stores the top-k purity in summary.json, which the metrics table then shows.
+    atlas_section = add_atlas_to_run(run_dir, out_dir, splits)
+    summary = run.summary()
 
     class_names = summary.get("class_names") or list(splits.class_names)
     method = create_method(TrainConfig.from_dict(summary["config"]))
@@ -145,8 +150,9 @@ def write_report(run_dir: str, out_dir: Optional[str] = None, *, num_images: int
     agreement = assignment_agreement(class_car, torch.as_tensor(P))
 
     path = os.path.join(out_dir, "report.md")
-    atomic_write_text(_report_markdown(run_dir, summary, symbol, P, mi, cluster_sizes, class_names, agreement),
-                           path)
+    atomic_write_text(_report_markdown(run_dir, summary, symbol, P, mi, cluster_sizes, class_names, agreement)
+                      + "\n" + atlas_section,
+                      path)
     return path
 
 
@@ -158,6 +164,8 @@ METRIC_NOTES = {
     "acc_gate": "acc_gate: the CSG path, the features gated by the true class's row of G",
     "mis": "MIS: mean over filters of the largest mutual information with a class",
     "density": "L1 density: |G|_1 / (C K), the share of gate mass left open",
+    "topk_purity": "top-k purity: mean over filters of the share of a filter's top-k images (by pooled response) "
+                   "of its assigned class; about 1/C by chance (see the filter atlas)",
 }
 
 

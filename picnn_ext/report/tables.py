@@ -17,7 +17,7 @@ METRIC_TITLES = {"acc1": "ACC1", "acc2": "ACC2", "acc3": "ACC3", "mis": "MIS", "
                  "loc_act_iou": "IoU act", "loc_act_hit": "hit act", "loc_grad_iou": "IoU grad",
                  "loc_grad_hit": "hit grad", "loc_cam_iou": "IoU Grad-CAM", "loc_cam_hit": "hit Grad-CAM",
                  "fgsm_success": "FGSM success", "fgsm_auroc": "AUROC FGSM", "pgd_success": "PGD success",
-                 "pgd_auroc": "AUROC PGD"}
+                 "pgd_auroc": "AUROC PGD", "topk_purity": "top-k purity"}
 # Methods in the order tables list them: the baseline first.
 METHOD_ORDER = {name: order for order, name in enumerate(METHOD_NAMES)}
 MISSING = "–"
