@@ -21,7 +21,10 @@ tally() {  # tally LOG RC: add the counts of a run's closing line (a run that di
     failed=$((failed + 1))
   fi
 }
-for flavour in plain tsan asan; do
+# The sanitizer runtime first, then libstdc++ (python does not link it: the runtime's exception interceptors
+# need it loaded); one OpenMP thread, since TSan cannot see libgomp's synchronisation in the CPU reference.
+stdcxx=$(g++ -print-file-name=libstdc++.so)
+for flavour in ${FLAVOURS:-plain tsan asan}; do
   echo "=== $flavour build"
   if ! lib=$(bash scripts/build_cuda_emulation.sh "$py" "$flavour" 2> >(grep -E 'error' >&2)); then
     echo "the $flavour build failed"; failed=$((failed + 1)); continue
@@ -29,9 +32,9 @@ for flavour in plain tsan asan; do
   log=build/emu/$flavour/cases.log
   case $flavour in
     plain) env PICNN_EMU_TIMEOUT=20 "$py" scripts/cuda_emulation_cases.py "$lib" --planted plain >"$log" 2>&1 ;;
-    tsan) env LD_PRELOAD="$(g++ -print-file-name=libtsan.so)" TSAN_OPTIONS="halt_on_error=1 exitcode=66" \
+    tsan) env LD_PRELOAD="$(g++ -print-file-name=libtsan.so) $stdcxx" OMP_NUM_THREADS=1 TSAN_OPTIONS="halt_on_error=1 exitcode=66" \
             PICNN_EMU_TIMEOUT=60 "$py" scripts/cuda_emulation_cases.py "$lib" --planted tsan --quick >"$log" 2>&1 ;;
-    asan) env LD_PRELOAD="$(g++ -print-file-name=libasan.so)" ASAN_OPTIONS="detect_leaks=0 halt_on_error=1" \
+    asan) env LD_PRELOAD="$(g++ -print-file-name=libasan.so) $stdcxx" OMP_NUM_THREADS=1 ASAN_OPTIONS="detect_leaks=0 halt_on_error=1" \
             UBSAN_OPTIONS="print_stacktrace=1 halt_on_error=1" PICNN_EMU_TIMEOUT=60 \
             "$py" scripts/cuda_emulation_cases.py "$lib" --planted asan --quick >"$log" 2>&1 ;;
   esac
