@@ -49,7 +49,7 @@ void check_probabilities_on_host(const at::Tensor& p) {
 }  // namespace
 
 void launch_gate_mask(const GateDraw& draw, int64_t n, cudaStream_t stream) {
-  gate_mask_kernel<<<grid_for((n + 3) / 4), kThreads, 0, stream>>>(draw.p, draw.noise, draw.mask, n, draw.hard,
+  PICNN_LAUNCH((gate_mask_kernel), grid_for((n + 3) / 4), kThreads, 0, stream)(draw.p, draw.noise, draw.mask, n, draw.hard,
                                                                     draw.philox);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -61,7 +61,7 @@ at::Tensor philox_uniform_cuda(const at::Tensor& like, int64_t seed, int64_t off
   const c10::cuda::CUDAGuard guard(like.device());
   at::Tensor u = at::empty(like.sizes(), like.options().dtype(at::kFloat));
   if (u.numel() == 0) return u;
-  philox_uniform_kernel<<<grid_for((u.numel() + 3) / 4), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+  PICNN_LAUNCH((philox_uniform_kernel), grid_for((u.numel() + 3) / 4), kThreads, 0, at::cuda::getCurrentCUDAStream())(
       u.data_ptr<float>(), u.numel(), static_cast<uint64_t>(seed), static_cast<uint64_t>(offset));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return u;

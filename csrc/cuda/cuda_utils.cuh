@@ -13,6 +13,18 @@
 #include <mutex>
 #include <optional>
 
+// Kernel launches and dynamic shared memory through these two macros, so that the same kernel source compiles
+// with nvcc and, for scripts/test_cuda_emulation.sh, with a host compiler under csrc/emu/cuda_emu.h.
+// PICNN_LAUNCH((kernel<T, N>), grid, block, shared, stream)(args...) is kernel<T, N><<<grid, block, shared, stream>>>(args...).
+#define PICNN_UNPAREN(...) __VA_ARGS__
+#if defined(PICNN_CUDA_EMULATION)
+#define PICNN_LAUNCH(kernel, ...) ::picnn_emu::make_launcher(&PICNN_UNPAREN kernel, #kernel, __VA_ARGS__)
+#define PICNN_DYNAMIC_SHARED(type, name) type* name = reinterpret_cast<type*>(::picnn_emu::ctx.dynamic_shared)
+#else
+#define PICNN_LAUNCH(kernel, ...) PICNN_UNPAREN kernel<<<__VA_ARGS__>>>
+#define PICNN_DYNAMIC_SHARED(type, name) extern __shared__ __align__(16) type name[]
+#endif
+
 namespace picnn {
 
 template <typename scalar_t>

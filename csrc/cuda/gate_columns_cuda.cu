@@ -25,7 +25,7 @@ __global__ void __launch_bounds__(kThreads)
                                 at::PhiloxCudaState philox) {
   using acc_t = opmath_t<scalar_t>;
   using P = Pack<scalar_t, VEC>;
-  extern __shared__ __align__(16) unsigned char shared_bytes[];
+  PICNN_DYNAMIC_SHARED(unsigned char, shared_bytes);
   acc_t* scale = reinterpret_cast<acc_t*>(shared_bytes);
   const auto [seed, offset] = at::cuda::philox::unpack(philox);
   const P* xp = reinterpret_cast<const P*>(x);
@@ -107,7 +107,7 @@ __global__ void __launch_bounds__(kThreads)
                                  int64_t K, int64_t k_tiles) {
   using acc_t = opmath_t<scalar_t>;
   using P = Pack<scalar_t, VEC>;
-  extern __shared__ __align__(16) unsigned char shared_bytes[];
+  PICNN_DYNAMIC_SHARED(unsigned char, shared_bytes);
   acc_t* partial = reinterpret_cast<acc_t*>(shared_bytes);  // [blockDim.y][blockDim.x * VEC]
   const int tile_channels = blockDim.x * VEC;
   for (int64_t task = blockIdx.x; task < B * k_tiles; task += gridDim.x) {
@@ -191,11 +191,11 @@ void launch_gate_forward_columns(const at::Tensor& x, const at::Tensor& y, const
       // Above 16K channels a chunk holds few positions, so drawing the sample's K values in every block would cost
       // more than reading them from the mask kernel's output.
       if (K <= 16384 && reserve_shared_memory(gate_forward_columns_kernel<scalar_t, VEC, true>, shared)) {
-        gate_forward_columns_kernel<scalar_t, VEC, true><<<blocks, kThreads, shared, stream>>>(
+        PICNN_LAUNCH((gate_forward_columns_kernel<scalar_t, VEC, true>), blocks, kThreads, shared, stream)(
             in, out, draw.p, draw.noise, draw.mask, B, S, K, plan, k_divider, draw.hard, draw.philox);
       } else {
         launch_gate_mask(draw, B * K, stream);
-        gate_forward_columns_kernel<scalar_t, VEC, false><<<blocks, kThreads, 0, stream>>>(
+        PICNN_LAUNCH((gate_forward_columns_kernel<scalar_t, VEC, false>), blocks, kThreads, 0, stream)(
             in, out, draw.p, draw.noise, draw.mask, B, S, K, plan, k_divider, draw.hard, draw.philox);
       }
       C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -221,7 +221,7 @@ void launch_gate_backward_columns(const at::Tensor& grad_y, const at::Tensor& x,
       const int64_t blocks = std::max<int64_t>(1, std::min<int64_t>(
           B * k_tiles, at::cuda::getCurrentDeviceProperties()->multiProcessorCount * 16));
       const size_t shared = static_cast<size_t>(kThreads) * VEC * sizeof(acc_t);
-      gate_backward_columns_kernel<scalar_t, VEC><<<blocks, dim3(tx, ty), shared, stream>>>(
+      PICNN_LAUNCH((gate_backward_columns_kernel<scalar_t, VEC>), blocks, dim3(tx, ty), shared, stream)(
           g, in, gx, mask, grad_p, B, S, K, k_tiles);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });

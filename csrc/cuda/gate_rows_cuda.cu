@@ -144,7 +144,7 @@ void launch_gate_forward_rows(const at::Tensor& x, const at::Tensor& y, const Ga
     scalar_t* out = y.data_ptr<scalar_t>();
     with_vec_width<scalar_t>(aligned16(in) && aligned16(out), [&]<int VEC>() {
       const int group = group_size_for((S + VEC - 1) / VEC);
-      gate_forward_rows_kernel<scalar_t, VEC><<<grid_for(rows * group), kThreads, 0, stream>>>(
+      PICNN_LAUNCH((gate_forward_rows_kernel<scalar_t, VEC>), grid_for(rows * group), kThreads, 0, stream)(
           in, out, draw.p, draw.noise, draw.mask, rows, S, group, draw.hard, draw.philox);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
@@ -159,7 +159,7 @@ void launch_gate_backward_rows(const at::Tensor& grad_y, const at::Tensor& x, co
     scalar_t* gx = grad_x.data_ptr<scalar_t>();
     with_vec_width<scalar_t>(aligned16(g) && aligned16(in) && aligned16(gx), [&]<int VEC>() {
       const int group = group_size_for((S + VEC - 1) / VEC);
-      gate_backward_rows_kernel<scalar_t, VEC><<<grid_for(rows * group), kThreads, 0, stream>>>(
+      PICNN_LAUNCH((gate_backward_rows_kernel<scalar_t, VEC>), grid_for(rows * group), kThreads, 0, stream)(
           g, in, gx, mask, grad_p, rows, S, group);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });

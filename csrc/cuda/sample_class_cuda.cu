@@ -240,10 +240,10 @@ std::tuple<at::Tensor, at::Tensor> sample_class_cuda(const at::Tensor& logits, c
     const acc_t* uniforms = u.defined() ? u.data_ptr<acc_t>() : nullptr;
     if (C > kBlockRowClasses) {
       const int64_t blocks = std::min<int64_t>(B, at::cuda::getCurrentDeviceProperties()->multiProcessorCount * 8);
-      sample_class_block_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(
+      PICNN_LAUNCH((sample_class_block_kernel<scalar_t>), blocks, kThreads, 0, stream)(
           l.data_ptr<scalar_t>(), uniforms, onehot.data_ptr<scalar_t>(), index.data_ptr<int64_t>(), B, C, philox);
     } else {
-      sample_class_kernel<scalar_t><<<grid_for(B * 32), kThreads, 0, stream>>>(
+      PICNN_LAUNCH((sample_class_kernel<scalar_t>), grid_for(B * 32), kThreads, 0, stream)(
           l.data_ptr<scalar_t>(), uniforms, onehot.data_ptr<scalar_t>(), index.data_ptr<int64_t>(), B, C, philox);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -260,7 +260,7 @@ at::Tensor sample_class_backward_cuda(const at::Tensor& grad_onehot, const at::T
   if (l.numel() == 0) return out;
   const int64_t B = l.size(0), C = l.size(1);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, l.scalar_type(), "sample_class_backward_cuda", [&] {
-    sample_class_backward_kernel<scalar_t><<<grid_for(B * 32), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+    PICNN_LAUNCH((sample_class_backward_kernel<scalar_t>), grid_for(B * 32), kThreads, 0, at::cuda::getCurrentCUDAStream())(
         g.data_ptr<scalar_t>(), l.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), B, C);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
