@@ -84,6 +84,17 @@ def extensions():
     return modules, {"build_ext": BuildExtension.with_options(use_ninja=True)}, config
 
 
+def install_requires(torch_version):
+    """The core dependencies. A build with compiled ops requires the torch it was compiled against (the release,
+    any local label such as +cpu or +cu130), as per-torch CUDA-extension wheels do: a library built for another
+    torch does not load. A source distribution, or a pure-Python build, takes any torch >= 2.4."""
+    building_sdist = "sdist" in sys.argv[1:] or "egg_info" in sys.argv[1:]
+    torch_spec = "torch>=2.4"
+    if torch_version and not building_sdist:
+        torch_spec = "torch==" + torch_version.split("+")[0]
+    return [torch_spec, "numpy", "scikit-learn", "tqdm"]
+
+
 ext_modules, cmdclass, build_config = extensions()
 write_build_config(**build_config)
 
@@ -91,4 +102,5 @@ setup(
     packages=find_packages(include=["picnn_ext", "picnn_ext.*"]),
     ext_modules=ext_modules,
     cmdclass=cmdclass,
+    install_requires=install_requires(build_config["torch_version"]),
 )

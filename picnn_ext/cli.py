@@ -137,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="picnn-ext", description="Train and inspect CNNs with class-specific filters (PICNN)."
     )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"picnn-ext {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     train_parser = commands.add_parser("train", help="train one STD or PICNN run",
