@@ -94,6 +94,22 @@ class DecoupledNet(nn.Module):
             self.recorder.start(None)
         return (logits, gates, tuple(macs)) if count_macs else logits
 
+    @torch.no_grad()
+    def forward_plain(self, images: torch.Tensor, *, count_macs: bool = False):
+        """Eval-mode logits of the network without its gates: every filter computed, no controller run,
+        each conv's batch norm folded in as on the skipping path; what :meth:`forward_skip`'s speed is
+        measured against (``benchmarks/nnd_speed.py``). With count_macs, returns ``(logits, macs)``."""
+        if self.training:
+            raise RuntimeError("DecoupledNet.forward_plain: call model.eval() first; it folds the running statistics")
+        self.recorder.start(None, count_macs=count_macs)
+        try:
+            logits = run_skip(self.classifier, run_skip(self.body, Compact.of(images), plain=True),
+                              plain=True).dense()
+            macs = self.recorder.macs
+        finally:
+            self.recorder.start(None)
+        return (logits, macs[0]) if count_macs else logits
+
 
 def _gate_sequence(modules: List[nn.Module], reduction: int) -> nn.Sequential:
     """Each Conv2d with the BatchNorm2d and ReLU right after it becomes one GatedConv; nested Sequentials

@@ -13,36 +13,16 @@ the result equals the dense gated computation.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..nn.controller import ArchitectureController
+from .skip import Compact, FoldedConv, PatternCache, run_skip
 
 __all__ = ["Compact", "GatedBasicBlock", "GatedBottleneck", "GatedConv", "GatedResidualBlock", "PathRecorder", "run_skip"]
-
-
-@dataclass
-class Compact:
-    """A (B, channels, H, W) map of which only the channels ``index`` (None: all) may be non-zero;
-    ``values`` holds those channels, in the order of ``index``."""
-
-    values: torch.Tensor
-    index: Optional[torch.Tensor]
-    channels: int
-
-    def dense(self) -> torch.Tensor:
-        if self.index is None:
-            return self.values
-        shape = (self.values.shape[0], self.channels, *self.values.shape[2:])
-        return self.values.new_zeros(shape).index_copy_(1, self.index, self.values)
-
-    @staticmethod
-    def of(x: torch.Tensor) -> "Compact":
-        return Compact(x, None, x.shape[1])
 
 
 class PathRecorder:
@@ -75,46 +55,6 @@ class PathRecorder:
         self.macs[1] += conv.out_channels * conv.in_channels // conv.groups * per_position
 
 
-def _bn_affine(bn: nn.Module):
-    """(scale, shift) of an eval-mode batch norm, or None for no normalisation."""
-    if isinstance(bn, nn.Identity):
-        return None
-    if not isinstance(bn, nn.BatchNorm2d) or bn.running_mean is None:
-        raise NotImplementedError(f"the skipping path needs BatchNorm2d with running statistics, got {bn}")
-    scale = torch.rsqrt(bn.running_var + bn.eps)
-    if bn.weight is not None:
-        scale = scale * bn.weight
-    shift = -bn.running_mean * scale
-    if bn.bias is not None:
-        shift = shift + bn.bias
-    return scale, shift
-
-
-def conv_compact(conv: nn.Conv2d, x: Compact, out_index: Optional[torch.Tensor], recorder=None) -> torch.Tensor:
-    """conv(x.dense())[:, out_index], computed from x's open channels and the filters out_index alone."""
-    if conv.groups != 1 or conv.padding_mode != "zeros":
-        y = conv(x.dense())
-        return y if out_index is None else y.index_select(1, out_index)
-    weight = conv.weight if out_index is None else conv.weight.index_select(0, out_index)
-    if x.index is not None:
-        weight = weight.index_select(1, x.index)
-    bias = None if conv.bias is None or out_index is None else conv.bias.index_select(0, out_index)
-    y = F.conv2d(x.values, weight, conv.bias if out_index is None else bias, conv.stride, conv.padding,
-                 conv.dilation)
-    if recorder is not None:
-        recorder.count(conv, weight.shape[0], weight.shape[1], y)
-    return y
-
-
-def _affine(y: torch.Tensor, affine, index: Optional[torch.Tensor]) -> torch.Tensor:
-    if affine is None:
-        return y
-    scale, shift = affine
-    if index is not None:
-        scale, shift = scale.index_select(0, index), shift.index_select(0, index)
-    return torch.addcmul(shift[:, None, None], y, scale[:, None, None])
-
-
 class GatedConv(nn.Module):
     """conv -> bn -> act, gated per (sample, filter) by a controller that reads the conv's input."""
 
@@ -126,6 +66,11 @@ class GatedConv(nn.Module):
         self.act = act if act is not None else nn.Identity()
         self.controller = ArchitectureController(conv.in_channels, conv.out_channels, reduction=reduction)
         self.recorder: Optional[PathRecorder] = None
+        # The skipping path's kept tensors (skip.py says why): the folded conv and its compacted weights per
+        # gate pattern, fc1's columns per input pattern, the open filters' index per pattern.
+        self.folded = FoldedConv(conv, self.bn)
+        self._controller_columns = PatternCache()
+        self._open_index = PatternCache()
 
     @property
     def out_channels(self) -> int:
@@ -139,69 +84,42 @@ class GatedConv(nn.Module):
             recorder.record(gate, out.mean(dim=(2, 3)), gated)
         return gated
 
-    def _folded(self):
-        """The conv with its eval-mode batch norm folded in, (weight, bias); kept until a parameter or a
-        running statistic changes (their version counters say when)."""
-        tensors = [t for t in (self.conv.weight, self.conv.bias, *self.bn.parameters(), *self.bn.buffers())
-                   if t is not None]
-        key = tuple((t.data_ptr(), t._version) for t in tensors)
-        if getattr(self, "_folded_key", None) != key:
-            weight, bias = self.conv.weight, self.conv.bias
-            if bias is None:
-                bias = weight.new_zeros(weight.shape[0])
-            affine = _bn_affine(self.bn)
-            if affine is not None:
-                scale, shift = affine
-                weight, bias = weight * scale[:, None, None, None], bias * scale + shift
-            self._folded_cache = (weight.detach(), bias.detach())
-            self._folded_key = key
-        return self._folded_cache
-
     @torch.no_grad()
-    def forward_skip(self, x: Compact) -> Compact:
-        """The gated output from x's open channels, computing only the filters open for some sample."""
+    def forward_skip(self, x: Compact, plain: bool = False) -> Compact:
+        """The gated output from x's open channels, computing only the filters open for some sample.
+        ``plain``: every filter, no controller (the network without its gates)."""
         if x.channels != self.conv.in_channels:
             raise ValueError(f"GatedConv: layer_input has {x.channels} channels on dim 1, expected in_channels = "
                              f"{self.conv.in_channels}")
-        z = self.controller.logits_from_pooled(x.values.mean(dim=(2, 3)), x.index)
-        gate = (z > 0).to(x.values.dtype)
-        open_index = gate.amax(dim=0).nonzero().flatten()
         recorder = self.recorder
-        weight, bias = self._folded()
-        weight = weight.index_select(0, open_index)
-        if x.index is not None:
-            weight = weight.index_select(1, x.index)
-        conv = self.conv
-        if conv.groups != 1 or conv.padding_mode != "zeros":
-            y = self.act(self.bn(conv(x.dense()))).index_select(1, open_index)
+        if plain:
+            return Compact.of(self.act(self.folded(x, recorder=recorder)))
+        controller = self.controller
+        weight1 = None
+        if x.index is not None:  # fc1's columns of the open input channels, kept per input pattern
+            weight1 = self._controller_columns.get((controller.fc1.weight,), x.key,
+                                                   lambda: controller.fc1.weight.index_select(1, x.index))
+        z = controller.logits_from_pooled(x.values.mean(dim=(2, 3)), x.index, weight1=weight1)
+        gate = z > 0
+        # The one host read of the layer: how many samples open each filter (the pattern, and whether a
+        # sample closes a filter of the union); a no-op on the CPU, the layer's one synchronisation on a GPU.
+        counts = gate.sum(dim=0).cpu().numpy()
+        is_open = counts > 0
+        batch = gate.shape[0]
+        if is_open.all():
+            out_key = out_index = None
         else:
-            y = self.act(F.conv2d(x.values, weight, bias.index_select(0, open_index), conv.stride, conv.padding,
-                                  conv.dilation))
-            if recorder is not None:
-                recorder.count(conv, weight.shape[0], weight.shape[1], y)
-        if y.shape[0] > 1:  # samples for which an open filter of the union is closed
-            y = y * gate.index_select(1, open_index)[:, :, None, None]
-        out = Compact(y, open_index, self.out_channels)
+            out_key = is_open.tobytes()
+            out_index = self._open_index.get((), out_key,
+                                             lambda: torch.from_numpy(np.flatnonzero(is_open)).to(z.device))
+        y = self.act(self.folded(x, out_key, out_index, recorder))
+        if batch > 1 and (counts[is_open] < batch).any():  # a sample closes a filter of the union
+            open_gate = gate if out_index is None else gate.index_select(1, out_index)
+            y = y.mul_(open_gate.to(y.dtype)[:, :, None, None])
+        out = Compact(y, out_index, self.out_channels, out_key)
         if recorder is not None:
-            recorder.record(gate, None, y)
+            recorder.record(gate.to(x.values.dtype), None, y)
         return out
-
-
-def run_skip(module: nn.Module, x: Compact) -> Compact:
-    """The skipping path through any module of a decoupled body: gated layers and blocks skip, channelwise
-    layers work on the open channels, anything else gets the dense map."""
-    if x.index is not None and x.index.numel() == 0:
-        x = Compact.of(x.dense())
-    if hasattr(module, "forward_skip"):
-        return module.forward_skip(x)
-    if isinstance(module, nn.Sequential):
-        for child in module:
-            x = run_skip(child, x)
-        return x
-    if isinstance(module, (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.ReLU,
-                           nn.Identity, nn.Dropout)):
-        return Compact(module(x.values), x.index, x.channels)
-    return Compact.of(module(x.dense()))
 
 
 class GatedResidualBlock(nn.Module):
@@ -215,34 +133,48 @@ class GatedResidualBlock(nn.Module):
     def last(self) -> Tuple[nn.Conv2d, nn.Module]:
         raise NotImplementedError
 
-    def _finish(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """The residual sum and ReLU that end the block."""
-        identity = x
-        if self.downsample is not None:
-            identity = self.downsample(x)
-            recorder = self.units()[0].recorder
-            if recorder is not None and recorder.macs is not None:
-                for layer in self.downsample.modules():  # a 1x1 conv, computed in full on both paths
-                    if isinstance(layer, nn.Conv2d):
-                        recorder.count(layer, layer.out_channels, layer.in_channels, identity)
-        return self.relu(out + identity)
+    def _folded_parts(self) -> Tuple[FoldedConv, Optional[FoldedConv]]:
+        """The last conv and the downsample (a 1x1 conv and its batch norm, as torchvision builds it) folded,
+        made once."""
+        if getattr(self, "_folded", None) is None:
+            last = FoldedConv(*self.last())
+            downsample = None
+            parts = list(self.downsample) if isinstance(self.downsample, nn.Sequential) else []
+            if (len(parts) in (1, 2) and isinstance(parts[0], nn.Conv2d)
+                    and (len(parts) == 1 or isinstance(parts[1], nn.BatchNorm2d))):
+                downsample = FoldedConv(*parts)
+            self._folded = (last, downsample)
+        return self._folded
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = x
         for unit in self.units():
             h = unit(h)
         conv, bn = self.last()
-        return self._finish(bn(conv(h)), x)
+        identity = x if self.downsample is None else self.downsample(x)
+        return self.relu(bn(conv(h)) + identity)
 
     @torch.no_grad()
-    def forward_skip(self, x: Compact) -> Compact:
-        dense = x.dense()
-        h = Compact.of(dense)
+    def forward_skip(self, x: Compact, plain: bool = False) -> Compact:
+        """The block from x's open channels: its units skip their closed filters, the last conv reads only
+        the open channels of the last unit, the downsample only x's; the residual sum is dense."""
+        recorder = self.units()[0].recorder
+        h = x
         for unit in self.units():
-            h = run_skip(unit, h)
-        conv, bn = self.last()
-        out = _affine(conv_compact(conv, h, None, self.units()[0].recorder), _bn_affine(bn), None)
-        return Compact.of(self._finish(out, dense))
+            h = run_skip(unit, h, plain)
+        last, downsample = self._folded_parts()
+        out = last(h, recorder=recorder)
+        if self.downsample is None:
+            identity = x.dense()
+        elif downsample is not None:
+            identity = downsample(x, recorder=recorder)
+        else:  # a downsample of another make: computed in full, on both paths
+            identity = self.downsample(x.dense())
+            if recorder is not None and recorder.macs is not None:
+                for layer in self.downsample.modules():
+                    if isinstance(layer, nn.Conv2d):
+                        recorder.count(layer, layer.out_channels, layer.in_channels, identity)
+        return Compact.of(torch.relu_(out.add_(identity)))
 
 
 class GatedBasicBlock(GatedResidualBlock):

@@ -67,10 +67,13 @@ class ArchitectureController(nn.Module):
             raise ValueError(f"ArchitectureController: layer_input has {layer_input.shape[1]} channels on dim 1, "
                              f"expected in_channels = {self.in_channels}")
 
-    def logits_from_pooled(self, u: torch.Tensor, in_index: torch.Tensor | None = None) -> torch.Tensor:
+    def logits_from_pooled(self, u: torch.Tensor, in_index: torch.Tensor | None = None, *,
+                           weight1: torch.Tensor | None = None) -> torch.Tensor:
         """z from the pooled input ``u`` (B, in_channels), or from its open channels alone: ``u`` (B, n) holds
-        the channels ``in_index`` (the others are zero, so their columns of W1 contribute nothing)."""
-        weight1 = self.fc1.weight if in_index is None else self.fc1.weight.index_select(1, in_index)
+        the channels ``in_index`` (the others are zero, so their columns of W1 contribute nothing).
+        ``weight1``: those columns of fc1's weight, when the caller keeps them (the skipping path does)."""
+        if weight1 is None:
+            weight1 = self.fc1.weight if in_index is None else self.fc1.weight.index_select(1, in_index)
         hidden = F.relu(F.linear(u, weight1, self.fc1.bias))
         return self.fc2(hidden)
 

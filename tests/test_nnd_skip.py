@@ -1,0 +1,128 @@
+"""NND's skipping inference path (picnn_ext/models/skip.py): the kept weights follow the parameters, the plain
+network it is measured against is the network without gates, and channels_last gives the same logits.
+(The skipping path against the dense gated network: test_nnd.py.)"""
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from picnn_ext.models.gated import GatedConv
+from picnn_ext.models.skip import Compact, PatternCache
+from test_nnd import NETWORKS, randomise
+
+
+def fixed_gates(net, share=0.5, seed=0):
+    """Every gated layer opens the same filters for every input (W1 = 0, b1 = 1, W2 = 0, b2 = +-1)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for unit in net.gated_layers:
+            controller = unit.controller
+            opened = torch.randperm(unit.out_channels, generator=generator)[:max(1, round(share * unit.out_channels))]
+            controller.fc1.weight.zero_()
+            controller.fc1.bias.fill_(1.0)
+            controller.fc2.weight.zero_()
+            controller.fc2.bias.fill_(-1.0)
+            controller.fc2.bias[opened] = 1.0
+    return net
+
+
+def without_gates(net):
+    """The reference of forward_plain: every GatedConv back to conv -> bn -> act, run by the modules' own
+    forward (batch norm not folded)."""
+    for module in list(net.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, GatedConv):
+                setattr(module, name, nn.Sequential(child.conv, child.bn, child.act))
+    return lambda images: net.classifier(net.body(images))
+
+
+@pytest.mark.parametrize("name", NETWORKS)
+def test_skip_follows_a_change_of_the_parameters_and_statistics(name):
+    torch.manual_seed(2)
+    net = randomise(NETWORKS[name][0]())
+    images = torch.randn(3, 3, 32, 32)
+    net.forward_skip(images)  # the caches fill
+    with torch.no_grad():  # as an optimizer step and a BN update would: in place
+        for tensor in [*net.parameters(), *(b for b in net.buffers() if b.is_floating_point())]:
+            tensor.mul_(1.25).add_(0.05)
+    torch.testing.assert_close(net.forward_skip(images), net(images).logits, atol=1e-5, rtol=1e-5)
+
+
+def test_skip_follows_a_change_of_dtype():
+    torch.manual_seed(3)
+    net = randomise(NETWORKS["resnet_bottleneck"][0]())
+    images = torch.randn(2, 3, 32, 32)
+    net.forward_skip(images)
+    net = net.double()
+    logits = net.forward_skip(images.double())
+    assert logits.dtype == torch.float64
+    torch.testing.assert_close(logits, net(images.double()).logits, atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("name", NETWORKS)
+def test_plain_is_the_network_without_its_gates(name):
+    torch.manual_seed(4)
+    net = randomise(NETWORKS[name][0]())
+    images = torch.randn(2, 3, 32, 32)
+    plain, plain_macs = net.forward_plain(images, count_macs=True)
+    _, gates, (computed, dense) = net.forward_skip(images, count_macs=True)
+    assert plain_macs == dense > computed
+    reference = without_gates(copy.deepcopy(net))(images)
+    torch.testing.assert_close(plain, reference, atol=1e-5, rtol=1e-5)
+    # and it is the skipping path with every gate open
+    fixed_gates(net, share=1.0)
+    torch.testing.assert_close(net.forward_skip(images), reference, atol=1e-5, rtol=1e-5)
+    with pytest.raises(RuntimeError, match="eval"):
+        net.train().forward_plain(images)
+
+
+@pytest.mark.parametrize("name", NETWORKS)
+def test_channels_last_gives_the_same_logits(name):
+    torch.manual_seed(5)
+    net = randomise(NETWORKS[name][0]())
+    images = torch.randn(4, 3, 32, 32)
+    expected = net.forward_skip(images)
+    torch.testing.assert_close(net.forward_skip(images.contiguous(memory_format=torch.channels_last)), expected,
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_compact_dense_keeps_channels_last():
+    values = torch.randn(2, 3, 4, 5).contiguous(memory_format=torch.channels_last)
+    dense = Compact(values, torch.tensor([0, 4, 2]), 6).dense()
+    assert dense.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(dense[:, [0, 4, 2]], values) and not dense[:, [1, 3, 5]].any()
+
+
+def test_a_pattern_is_gathered_once_and_a_new_one_added():
+    torch.manual_seed(6)
+    net = fixed_gates(randomise(NETWORKS["resnet_bottleneck"][0]()), share=0.5)
+    images = torch.randn(2, 3, 32, 32)
+    net.forward_skip(images)
+    kept = [dict(unit.folded.cache._entries) for unit in net.gated_layers]
+    net.forward_skip(torch.randn(2, 3, 32, 32))  # another input, the same (fixed) gates
+    for unit, before in zip(net.gated_layers, kept):
+        after = unit.folded.cache._entries
+        assert after.keys() == before.keys() and all(after[key] is before[key] for key in before)
+    fixed_gates(net, share=0.5, seed=1)  # other filters open: one more pattern, the folded weight kept
+    expected = net(images).logits
+    torch.testing.assert_close(net.forward_skip(images), expected, atol=1e-5, rtol=1e-5)
+    unit = net.gated_layers[0]
+    assert len(unit.folded.cache) == len(kept[0]) + 1
+
+
+def test_pattern_cache_is_bounded_and_drops_everything_when_a_source_changes():
+    source = torch.ones(3)
+    builds = []
+    cache = PatternCache(size=2)
+
+    def build(key):
+        builds.append(key)
+        return source * key
+
+    for key in (1, 2, 1, 3, 2):  # 1 and 2 kept; 3 drops the least recently used (2), which comes back
+        cache.get((source,), key, lambda: build(key))
+    assert builds == [1, 2, 3, 2] and len(cache) == 2
+    source.add_(1)  # an in-place change of the source
+    assert torch.equal(cache.get((source,), 2, lambda: build(2)), torch.full((3,), 4.0))
+    assert builds[-1] == 2 and len(cache) == 1
