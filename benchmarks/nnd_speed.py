@@ -138,6 +138,35 @@ def macs_of(base, nets, images):
     return out
 
 
+def compile_check(name: str, share: float, size: int, rounds: int = 7):
+    """torch.compile of the skipping path and of plain, batch 1, 1 thread: compile seconds (first call
+    included) and median ms of all four, interleaved. The gate pattern decides the convs' shapes, so dynamo
+    breaks the graph at each layer's host read and recompiles per shape."""
+    torch.set_num_threads(1)
+    base, nets = nets_by_share(name, [share])
+    net = nets[share]
+    images = torch.randn(1, 3, size, size)
+    calls = {"plain": lambda: base.forward_plain(images), "skip": lambda: net.forward_skip(images)}
+    seconds = {}
+    for impl, function in (("plain compiled", base.forward_plain), ("skip compiled", net.forward_skip)):
+        compiled = torch.compile(function)
+        start = time.perf_counter()
+        compiled(images)
+        seconds[impl] = time.perf_counter() - start
+        calls[impl] = (lambda c: lambda: c(images))(compiled)
+    for call in calls.values():
+        call()
+    times = {impl: [] for impl in calls}
+    for _ in range(rounds):
+        for impl, call in calls.items():
+            times[impl].append(time_call(call))
+    result = {impl: {"ms": 1e3 * statistics.median(t), "compile_s": seconds.get(impl)} for impl, t in times.items()}
+    for impl, row in result.items():
+        extra = f", compile {row['compile_s']:.1f} s" if row["compile_s"] is not None else ""
+        print(f"torch.compile check {name} B=1 threads=1 open={share:.0%}: {impl} {row['ms']:.2f} ms{extra}")
+    return result
+
+
 def allocator_regime() -> str:
     mmap = os.environ.get("MALLOC_MMAP_THRESHOLD_")
     trim = os.environ.get("MALLOC_TRIM_THRESHOLD_")
@@ -216,6 +245,8 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=0, help="rounds per case (default 9 at batch 1, else 3)")
     parser.add_argument("--channels-last", action="store_true", help="channels_last images on both paths")
     parser.add_argument("--profile", action="store_true", help="per-layer convs and rest, batch 1, 1 thread")
+    parser.add_argument("--compile", action="store_true",
+                        help="also torch.compile the skipping path and plain (first model, batch 1, 1 thread, 50%%)")
     parser.add_argument("--markdown", action="store_true")
     parser.add_argument("--json", help="write the rows and profiles here")
     args = parser.parse_args(argv)
@@ -228,13 +259,15 @@ def main(argv=None):
           f"allocator: {allocator_regime()}; images {args.size} px, "
           f"{'channels_last' if args.channels_last else 'contiguous'}", flush=True)
     rows, profiles, seconds = run(args)
+    compiled = compile_check(args.models[0], 0.5, args.size) if args.compile else None
     print(f"total {seconds:.0f} s")
     if args.markdown:
         print(markdown(rows, profiles))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"allocator": allocator_regime(), "torch": torch.__version__, "seconds": seconds,
-                       "channels_last": args.channels_last, "rows": rows, "profiles": profiles}, f, indent=1)
+                       "channels_last": args.channels_last, "rows": rows, "profiles": profiles,
+                       "compile": compiled}, f, indent=1)
     return 0 if all(row["met"] for row in rows) else 1
 
 

@@ -89,7 +89,8 @@ class DecoupledNet(nn.Module):
         try:
             # The classifier's pooling runs on the open channels too; the map is made dense once pooled.
             logits = run_skip(self.classifier, run_skip(self.body, Compact.of(images))).dense()
-            gates, macs = self.recorder.gates, self.recorder.macs
+            gates = [gate.to(images.dtype) for gate in self.recorder.gates] if count_macs else None
+            macs = self.recorder.macs
         finally:
             self.recorder.start(None)
         return (logits, gates, tuple(macs)) if count_macs else logits

@@ -101,9 +101,10 @@ class GatedConv(nn.Module):
                                                    lambda: controller.fc1.weight.index_select(1, x.index))
         z = controller.logits_from_pooled(x.values.mean(dim=(2, 3)), x.index, weight1=weight1)
         gate = z > 0
-        # The one host read of the layer: how many samples open each filter (the pattern, and whether a
-        # sample closes a filter of the union); a no-op on the CPU, the layer's one synchronisation on a GPU.
-        counts = gate.sum(dim=0).cpu().numpy()
+        # The one host read of the layer: the gates, from which numpy counts how many samples open each
+        # filter (the pattern, and whether a sample closes a filter of the union); on the CPU a view, on a
+        # GPU the layer's one synchronisation.
+        counts = gate.cpu().numpy().sum(axis=0)
         is_open = counts > 0
         batch = gate.shape[0]
         if is_open.all():
@@ -118,7 +119,7 @@ class GatedConv(nn.Module):
             y = y.mul_(open_gate.to(y.dtype)[:, :, None, None])
         out = Compact(y, out_index, self.out_channels, out_key)
         if recorder is not None:
-            recorder.record(gate.to(x.values.dtype), None, y)
+            recorder.record(gate, None, y)  # as bool: DecoupledNet.forward_skip converts what it returns
         return out
 
 
