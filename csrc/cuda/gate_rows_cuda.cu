@@ -9,7 +9,8 @@
 namespace picnn {
 namespace {
 
-// Memory (B, K, S), forward: `group` lanes of a warp share a row (b, k) of S elements. The row's uniform is
+// Memory (B, K, S), forward: `group` lanes of a warp share a row (b, k) of S elements (rows_group_for: up to
+// kUnroll packs per lane). The row's uniform is
 // word r % 4 of Philox block r / 4, computed once per block of four rows by one lane and shuffled to the
 // others; the row's group leader checks p, writes the mask, and the group scales the row.
 template <typename scalar_t, int VEC>
@@ -64,10 +65,21 @@ __global__ void __launch_bounds__(kThreads)
         yp[pk + t * group] = v[t];
       }
     }
-    for (; pk < span.last_pack; pk += group) {
-      P v = xp[pk];
-      scale_pack(v, scale);
-      yp[pk] = v;
+    // The rest: fewer than kUnroll packs per lane (the loop above stops when pack t = kUnroll - 1 is past the
+    // row), predicated, every load issued before the first store; a short row has only this step.
+    if (pk < span.last_pack) {
+      P v[kUnroll - 1];
+#pragma unroll
+      for (int t = 0; t < kUnroll - 1; ++t) {
+        if (pk + t * group < span.last_pack) v[t] = xp[pk + t * group];
+      }
+#pragma unroll
+      for (int t = 0; t < kUnroll - 1; ++t) {
+        if (pk + t * group < span.last_pack) {
+          scale_pack(v[t], scale);
+          yp[pk + t * group] = v[t];
+        }
+      }
     }
   }
 }
@@ -124,10 +136,22 @@ __global__ void __launch_bounds__(kThreads)
           gxp[pk + t * group] = g[t];
         }
       }
-      for (; pk < span.last_pack; pk += group) {
-        P g = gp[pk];
-        packs(g, xp[pk]);
-        gxp[pk] = g;
+      if (pk < span.last_pack) {  // the rest, predicated as in the forward: loads first, then stores
+        P g[kUnroll - 1], v[kUnroll - 1];
+#pragma unroll
+        for (int t = 0; t < kUnroll - 1; ++t) {
+          if (pk + t * group < span.last_pack) {
+            g[t] = gp[pk + t * group];
+            v[t] = xp[pk + t * group];
+          }
+        }
+#pragma unroll
+        for (int t = 0; t < kUnroll - 1; ++t) {
+          if (pk + t * group < span.last_pack) {
+            packs(g[t], v[t]);
+            gxp[pk + t * group] = g[t];
+          }
+        }
       }
     }
     for (int width = group / 2; width > 0; width /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, width, group);
@@ -143,7 +167,7 @@ void launch_gate_forward_rows(const at::Tensor& x, const at::Tensor& y, const Ga
     const scalar_t* in = x.data_ptr<scalar_t>();
     scalar_t* out = y.data_ptr<scalar_t>();
     with_vec_width<scalar_t>(aligned16(in) && aligned16(out), [&]<int VEC>() {
-      const int group = group_size_for((S + VEC - 1) / VEC);
+      const int group = rows_group_for((S + VEC - 1) / VEC, kUnroll);
       PICNN_LAUNCH((gate_forward_rows_kernel<scalar_t, VEC>), grid_for(rows * group), kThreads, 0, stream)(
           in, out, draw.p, draw.noise, draw.mask, rows, S, group, draw.hard, draw.philox);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -158,7 +182,7 @@ void launch_gate_backward_rows(const at::Tensor& grad_y, const at::Tensor& x, co
     const scalar_t* in = x.data_ptr<scalar_t>();
     scalar_t* gx = grad_x.data_ptr<scalar_t>();
     with_vec_width<scalar_t>(aligned16(g) && aligned16(in) && aligned16(gx), [&]<int VEC>() {
-      const int group = group_size_for((S + VEC - 1) / VEC);
+      const int group = rows_group_for((S + VEC - 1) / VEC, kUnroll);
       PICNN_LAUNCH((gate_backward_rows_kernel<scalar_t, VEC>), grid_for(rows * group), kThreads, 0, stream)(
           g, in, gx, mask, grad_p, rows, S, group);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
