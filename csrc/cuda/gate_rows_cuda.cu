@@ -54,27 +54,17 @@ __global__ void __launch_bounds__(kThreads)
     for (int64_t e = span.tail_begin + lane_in_group; e < end; e += group) {
       y[e] = static_cast<scalar_t>(static_cast<acc_t>(x[e]) * scale);
     }
-    int64_t pk = span.first_pack + lane_in_group;
-    for (; pk + (kUnroll - 1) * group < span.last_pack; pk += kUnroll * group) {
+    // kUnroll packs per lane and step, all loads before the first store: a short row (rows_group_for: at most
+    // kUnroll packs per lane) is one step with its loads in flight together. One loop for the whole row, not an
+    // unrolled loop and a one-pack remainder. A pack past the row is loaded from the row's last pack instead
+    // (unconditional loads keep the registers of the plain unrolled loop; predicated ones cost 16 more) and not
+    // stored.
+    for (int64_t pk = span.first_pack + lane_in_group; pk < span.last_pack; pk += kUnroll * group) {
       P v[kUnroll];
 #pragma unroll
-      for (int t = 0; t < kUnroll; ++t) v[t] = xp[pk + t * group];
+      for (int t = 0; t < kUnroll; ++t) v[t] = xp[min64(pk + t * group, span.last_pack - 1)];
 #pragma unroll
       for (int t = 0; t < kUnroll; ++t) {
-        scale_pack(v[t], scale);
-        yp[pk + t * group] = v[t];
-      }
-    }
-    // The rest: fewer than kUnroll packs per lane (the loop above stops when pack t = kUnroll - 1 is past the
-    // row), predicated, every load issued before the first store; a short row has only this step.
-    if (pk < span.last_pack) {
-      P v[kUnroll - 1];
-#pragma unroll
-      for (int t = 0; t < kUnroll - 1; ++t) {
-        if (pk + t * group < span.last_pack) v[t] = xp[pk + t * group];
-      }
-#pragma unroll
-      for (int t = 0; t < kUnroll - 1; ++t) {
         if (pk + t * group < span.last_pack) {
           scale_pack(v[t], scale);
           yp[pk + t * group] = v[t];
@@ -114,41 +104,30 @@ __global__ void __launch_bounds__(kThreads)
       };
       for (int64_t e = begin + lane_in_group; e < span.head_end; e += group) element(e);
       for (int64_t e = span.tail_begin + lane_in_group; e < end; e += group) element(e);
-      auto packs = [&](P& g, const P& v) {
+      // A pack's sum of grad_y * x, which the caller adds to the lane's sum only for a pack inside the row.
+      auto packs = [&](P& g, const P& v) -> acc_t {
+        acc_t part = 0;
 #pragma unroll
         for (int j = 0; j < VEC; ++j) {
           const acc_t gj = static_cast<acc_t>(g.v[j]);
-          sum += gj * static_cast<acc_t>(v.v[j]);
+          part += gj * static_cast<acc_t>(v.v[j]);
           g.v[j] = static_cast<scalar_t>(gj * scale);
         }
+        return part;
       };
-      int64_t pk = span.first_pack + lane_in_group;
-      for (; pk + (kUnroll - 1) * group < span.last_pack; pk += kUnroll * group) {
-        P g[kUnroll], v[kUnroll];
+      for (int64_t pk = span.first_pack + lane_in_group; pk < span.last_pack; pk += kUnroll * group) {
+        P g[kUnroll], v[kUnroll];  // as in the forward: the loads of a step first (past the row: its last pack)
 #pragma unroll
         for (int t = 0; t < kUnroll; ++t) {
-          g[t] = gp[pk + t * group];
-          v[t] = xp[pk + t * group];
+          const int64_t at = min64(pk + t * group, span.last_pack - 1);
+          g[t] = gp[at];
+          v[t] = xp[at];
         }
 #pragma unroll
         for (int t = 0; t < kUnroll; ++t) {
-          packs(g[t], v[t]);
-          gxp[pk + t * group] = g[t];
-        }
-      }
-      if (pk < span.last_pack) {  // the rest, predicated as in the forward: loads first, then stores
-        P g[kUnroll - 1], v[kUnroll - 1];
-#pragma unroll
-        for (int t = 0; t < kUnroll - 1; ++t) {
+          const acc_t part = packs(g[t], v[t]);
           if (pk + t * group < span.last_pack) {
-            g[t] = gp[pk + t * group];
-            v[t] = xp[pk + t * group];
-          }
-        }
-#pragma unroll
-        for (int t = 0; t < kUnroll - 1; ++t) {
-          if (pk + t * group < span.last_pack) {
-            packs(g[t], v[t]);
+            sum += part;
             gxp[pk + t * group] = g[t];
           }
         }
