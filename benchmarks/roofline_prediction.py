@@ -26,11 +26,11 @@ SASS_DTYPE = {"float32": "float", "bfloat16": "BFloat16", "float16": "Half"}
 VEC = {"float32": 4, "bfloat16": 8, "float16": 8}
 
 # (kernel, dtype) -> registers, from `python benchmarks/sass_check.py` on the FORCE_CUDA build (VEC > 1, kDraw).
-REGS = {("gate_forward_rows_kernel", "float32"): 32, ("gate_forward_rows_kernel", "bfloat16"): 32,
-        ("gate_forward_rows_kernel", "float16"): 32, ("gate_backward_rows_kernel", "float32"): 40,
-        ("gate_backward_rows_kernel", "bfloat16"): 40, ("gate_backward_rows_kernel", "float16"): 40,
-        ("gate_forward_columns_kernel", "float32"): 32, ("gate_forward_columns_kernel", "bfloat16"): 40,
-        ("gate_forward_columns_kernel", "float16"): 40, ("gate_backward_columns_kernel", "float32"): 44,
+REGS = {("gate_forward_rows_kernel", "float32"): 39, ("gate_forward_rows_kernel", "bfloat16"): 40,
+        ("gate_forward_rows_kernel", "float16"): 40, ("gate_backward_rows_kernel", "float32"): 56,
+        ("gate_backward_rows_kernel", "bfloat16"): 63, ("gate_backward_rows_kernel", "float16"): 64,
+        ("gate_forward_columns_kernel", "float32"): 46, ("gate_forward_columns_kernel", "bfloat16"): 48,
+        ("gate_forward_columns_kernel", "float16"): 48, ("gate_backward_columns_kernel", "float32"): 44,
         ("gate_backward_columns_kernel", "bfloat16"): 50, ("gate_backward_columns_kernel", "float16"): 50}
 
 CASES = [("maps", 256, 512, 196), ("maps", 256, 2048, 49), ("maps", 256, 64, 3136), ("tokens", 256, 768, 197)]
@@ -61,12 +61,13 @@ def predict(kernel, dtype, B, K, S, regs):
     balance = 1.0
     if "rows" in kernel:
         packs = S * e / 16
-        group = group_size_for(math.ceil(packs))
-        per_lane = 4 if packs >= 4 * group else max(1.0, min(packs / group, 1.0))  # unrolled, or one at a time
-        active = min(packs, group) / group
+        # rows_group_for: up to kUnroll packs per lane; the unrolled loop and the predicated rest both issue all of
+        # a lane's loads before its stores, so a lane has min(4, packs / group) loads in flight (on average).
+        group = group_size_for(math.ceil(math.ceil(packs) / 4))
+        per_lane = min(4.0, packs / group)
         shared = 0
         resident = blocks_per_sm(regs)
-        flight = resident * THREADS * active * per_lane * loads * 16
+        flight = resident * THREADS * per_lane * loads * 16
     elif not backward:
         shared = K * 4
         resident = blocks_per_sm(regs, shared=shared)
@@ -76,9 +77,11 @@ def predict(kernel, dtype, B, K, S, regs):
         flight = resident * THREADS * per_lane * 16
     else:
         k_packs = K // vec
-        tx = group_size_for(k_packs)
+        tx = group_size_for(k_packs)  # launch_gate_backward_columns: narrower tiles until 16 tasks per SM, not below 8
+        while tx > 8 and B * math.ceil(k_packs / tx) < 16 * SMS:
+            tx //= 2
         tasks = B * math.ceil(k_packs / tx)
-        blocks = min(tasks, SMS * 16)
+        blocks = min(tasks, SMS * 64)
         shared = THREADS * vec * 4
         resident = blocks_per_sm(regs, shared=shared)
         # One task per block when tasks < the cap: the blocks come in waves of resident * SMS, and the SMs of a

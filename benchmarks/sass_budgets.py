@@ -11,9 +11,11 @@ lane that is 64 KiB of loads in flight per SM, above the ~27 KiB Little's law as
 1024 threads = 64 registers per thread. A kernel over its budget loses a block per SM (72 registers: 3 blocks,
 24 warps), which is what the check is there to catch.
 
-Stack: the forward kernels that check p call printf (a device-side assertion naming p): its argument buffer
-(an int64 index and a double, 16 bytes, aligned) is the only stack they may have; nvcc rounds and may add the
-assertion's own frame, so the bound is 48 bytes. Kernels without that path get 0: any stack there is a local
+Stack: the kernels that check their arguments call printf (a device-side assertion naming the argument) from
+an out-of-line cold function (bad_probability in gate_kernels.cuh, bad_logits in sample_class_cuda.cu,
+PICNN_NOINLINE): its argument buffer is the only stack they may have, and the hot code around the call saves
+nothing (no STL/LDL). ptxas reports the buffer as the kernel's stack: 16 bytes for the gate's (an int64 index and
+a double), 8 for sample_class's (an int64 row). Kernels without that path get 0: any stack there is a local
 array (which shows up as STACK, not always as LOCAL).
 
 Shared: the gate kernels use dynamic shared memory only (sized by the launch: K mask values, or the backward's
@@ -31,38 +33,33 @@ REGS_4_BLOCKS = 64
 DEFAULT = {"regs": REGS_4_BLOCKS, "stack": 0, "shared": 0, "packs": False, "scalar_in_main_loop": None,
            "why": "no entry in sass_budgets.py: the default (4 blocks of 256 threads, no stack, no static shared)"}
 
-_FORWARD = {"regs": REGS_4_BLOCKS, "stack": 48, "shared": 0, "packs": True, "scalar_in_main_loop": None,
-            "why": "4 blocks of 256 per SM; stack for the assertion's printf only"}
+_FORWARD = {"regs": REGS_4_BLOCKS, "stack": 16, "shared": 0, "packs": True, "scalar_in_main_loop": None,
+            "why": "4 blocks of 256 per SM; stack for the assertion's printf buffer only (int64 + double)"}
 _BACKWARD = {"regs": REGS_4_BLOCKS, "stack": 0, "shared": 0, "packs": True, "scalar_in_main_loop": None,
              "why": "4 blocks of 256 per SM; no assertion path, so no stack"}
 
-# Known stack traffic besides the printf buffer, measured on the nvcc 13.0 build (sass_check.py's table):
-# values live across the assertion's printf call are saved to the stack (the call's ABI clobbers registers).
-# `local_ops` is the ceiling of LDL + STL outside the printf buffer; more fails. Each is a change to make
-# (BENCHMARKS.md, "Predicted roofline", what the kernels should change), after which the ceiling goes to 0.
+# No kernel may have LDL or STL besides the printf buffer (`local_ops`, the allowance for stack traffic, is 0 for
+# all since issue 18 point 4, measured on the nvcc 13.0 build): the values the inlined printf used to save and
+# reload went with the cold functions, and the runtime-indexed PhiloxBlock of sample_class with philox_word's
+# select chain. An entry may set `local_ops` (with `local_why`) again only with a reason and a change to make.
 BUDGETS = {
-    "gate_forward_rows_kernel": {**_FORWARD, "local_ops": 4,
-                                 "local_why": "<float, 4>: two values saved across printf, reloaded after the row"},
+    "gate_forward_rows_kernel": _FORWARD,
     "gate_backward_rows_kernel": _BACKWARD,
-    # kDraw = false (channels last, K above 16K) reads the mask element by element through FloatArray's dtype
-    # switch inside the main loop: allowed there, with 80 registers (3 blocks of 256 per SM, 48 KiB in flight,
-    # still above Little's law) because that shape is rare; the change is in BENCHMARKS.md.
-    "gate_forward_columns_kernel": {**_FORWARD, "local_ops": 2, "local_in_loop": True,
-                                    "local_why": "one value saved across printf, reloaded once per mask draw loop",
-                                    "by_args": {("false",): {"regs": 80, "scalar_in_main_loop": "mask via FloatArray"}}},
+    # kDraw = false (channels last, K above 16K) copies a tile of the mask to shared memory first, so its element
+    # loop is held to the same rule as kDraw = true: 128-bit accesses only, 64 registers.
+    "gate_forward_columns_kernel": _FORWARD,
     "gate_backward_columns_kernel": _BACKWARD,
     # One thread per Philox block of four (sample, channel) values, touched once: no packs.
-    "gate_mask_kernel": {"regs": REGS_4_BLOCKS, "stack": 48, "shared": 0, "packs": False,
-                         "scalar_in_main_loop": None, "why": "4 blocks of 256 per SM; printf stack"},
+    "gate_mask_kernel": {"regs": REGS_4_BLOCKS, "stack": 16, "shared": 0, "packs": False,
+                         "scalar_in_main_loop": None, "why": "4 blocks of 256 per SM; printf buffer stack"},
     "philox_uniform_kernel": {"regs": REGS_4_BLOCKS, "stack": 0, "shared": 0, "packs": False,
                               "scalar_in_main_loop": None, "why": "4 blocks of 256 per SM"},
     # A warp per sample over the classes: the row is read one logit per lane (a reduction, not a copy).
-    # local_ops: PhiloxBlock words indexed at run time (a local array) and values saved across printf.
-    "sample_class_kernel": {"regs": REGS_4_BLOCKS, "stack": 48, "shared": 0, "packs": False, "local_ops": 3,
-                            "scalar_in_main_loop": None, "why": "4 blocks of 256 per SM; printf stack"},
-    "sample_class_block_kernel": {"regs": REGS_4_BLOCKS, "stack": 48, "shared": 128, "packs": False, "local_ops": 9,
+    "sample_class_kernel": {"regs": REGS_4_BLOCKS, "stack": 8, "shared": 0, "packs": False,
+                            "scalar_in_main_loop": None, "why": "4 blocks of 256 per SM; printf buffer stack (int64)"},
+    "sample_class_block_kernel": {"regs": REGS_4_BLOCKS, "stack": 8, "shared": 128, "packs": False,
                                   "scalar_in_main_loop": None,
-                                  "why": "4 blocks of 256 per SM; per-warp value and index in shared"},
+                                  "why": "4 blocks of 256 per SM; printf buffer stack; per-warp value and index in shared"},
     "sample_class_backward_kernel": {"regs": REGS_4_BLOCKS, "stack": 0, "shared": 0, "packs": False,
                                      "scalar_in_main_loop": None, "why": "4 blocks of 256 per SM"},
 }

@@ -74,4 +74,12 @@ PICNN_HOST_DEVICE int group_size_for(int64_t packs_per_row) {
   return group;
 }
 
+// Lanes per row of the channels-first kernels: the smallest power-of-two group (up to a warp) that leaves each
+// lane at most `unroll` packs of the row, so that a short row (7x7, 14x14) is one step in which a lane issues
+// all its loads before its stores (several in flight), instead of one pack at a time over a wider group of
+// which part idles.
+PICNN_HOST_DEVICE int rows_group_for(int64_t packs_per_row, int unroll) {
+  return group_size_for((packs_per_row + unroll - 1) / unroll);
+}
+
 }  // namespace picnn

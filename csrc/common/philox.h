@@ -66,10 +66,17 @@ PICNN_HOST_DEVICE float word_to_uniform(uint32_t word) {
   return static_cast<float>(word >> 8) * (1.0f / 16777216.0f);
 }
 
+// Word `which` (0 to 3) of a block, by a select chain: indexing the array with a value known only at run time
+// would put the block in local memory (a stack frame and STL/LDL on the GPU), while the selects keep it in
+// registers. The same word either way, so CPU and CUDA draws stay identical.
+PICNN_HOST_DEVICE uint32_t philox_word(const PhiloxBlock& words, unsigned which) {
+  return which == 0 ? words.v[0] : which == 1 ? words.v[1] : which == 2 ? words.v[2] : words.v[3];
+}
+
 // The uniform of element `index`: word index % 4 of block index / 4 (one Philox call serves four
 // consecutive elements; a kernel that owns all four computes the block once).
 PICNN_HOST_DEVICE float philox_uniform(uint64_t seed, uint64_t offset, uint64_t index) {
-  return word_to_uniform(philox_block(seed, offset, index >> 2).v[index & 3]);
+  return word_to_uniform(philox_word(philox_block(seed, offset, index >> 2), static_cast<unsigned>(index & 3)));
 }
 
 }  // namespace picnn

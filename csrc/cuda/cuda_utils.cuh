@@ -24,6 +24,14 @@
 #define PICNN_LAUNCH(kernel, ...) PICNN_UNPAREN kernel<<<__VA_ARGS__>>>
 #define PICNN_DYNAMIC_SHARED(type, name) extern __shared__ __align__(16) type name[]
 #endif
+// A device function kept out of line (a cold failure path, so that its printf frame and the registers its call
+// clobbers stay out of the hot kernel). GCC's headers spell the attribute __noinline__, so the emulation cannot
+// define that name as a macro; it takes the host attribute instead.
+#if defined(PICNN_CUDA_EMULATION)
+#define PICNN_NOINLINE __attribute__((noinline))
+#else
+#define PICNN_NOINLINE __noinline__
+#endif
 
 namespace picnn {
 

@@ -18,16 +18,20 @@ namespace picnn {
 
 constexpr int kUnroll = 4;  // packs a lane loads before it stores: several loads in flight per thread
 
+// The failure path of gate_mask, out of line: inlined, its printf argument buffer and the values the call
+// clobbers would give every kernel that draws a mask a stack frame and STL/LDL around the hot loop (sass_check).
+static PICNN_NOINLINE __device__ void bad_probability(int64_t i, double prob) {
+  printf("picnn_ext bernoulli_gate: p must hold probabilities in [0, 1] (no NaN); p.flatten()[%lld] = %f\n",
+         static_cast<long long>(i), prob);
+  __assert_fail("bernoulli_gate: p must hold probabilities in [0, 1] (no NaN)", __FILE__, __LINE__, __func__);
+}
+
 // The mask of (sample, channel) index i: 1 where u < p (hard), p itself (soft), computed in double (exact for
 // every float p and 24-bit u, so the comparison is the CPU's). A p outside [0, 1] or NaN stops the kernel with
-// a device-side assertion that names p, after a line giving the index and the value.
+// a device-side assertion that names p, after a line giving the index and the value (bad_probability).
 __device__ __forceinline__ double gate_mask(double prob, float philox_u, const FloatArray& noise, bool hard, int64_t i,
                                             bool check) {
-  if (check && !(prob >= 0.0 && prob <= 1.0)) {
-    printf("picnn_ext bernoulli_gate: p must hold probabilities in [0, 1] (no NaN); p.flatten()[%lld] = %f\n",
-           static_cast<long long>(i), prob);
-    __assert_fail("bernoulli_gate: p must hold probabilities in [0, 1] (no NaN)", __FILE__, __LINE__, __func__);
-  }
+  if (check && !(prob >= 0.0 && prob <= 1.0)) bad_probability(i, prob);
   if (!hard) return prob;
   const double u = noise.data != nullptr ? noise.load(i) : static_cast<double>(philox_u);
   return u < prob ? 1.0 : 0.0;

@@ -31,8 +31,9 @@ __device__ T warp_max(T value) {
   return value;
 }
 
-// A device-side assertion whose message names logits (the host sees "device-side assert triggered").
-__device__ void bad_logits(int64_t b) {
+// A device-side assertion whose message names logits (the host sees "device-side assert triggered"). Out of
+// line, so that its printf frame and the registers the call clobbers stay out of the kernels that check.
+PICNN_NOINLINE __device__ void bad_logits(int64_t b) {
   printf("picnn_ext sample_class: logits row %lld has a NaN or no finite maximum\n", static_cast<long long>(b));
   __assert_fail("sample_class: logits must not be NaN and each row needs a finite maximum", __FILE__, __LINE__,
                 __func__);

@@ -210,6 +210,17 @@ void test_gate_spans() {
     }
   }
   expect(lanes_ok, "gate spans: each lane's Philox words come from a lane that computes its row's block");
+
+  // rows_group_for: the fewest lanes (a power of two, at most a warp) that leave each lane at most 4 packs.
+  bool groups_ok = true;
+  for (int64_t packs = 0; packs <= 1000; ++packs) {
+    const int group = picnn::rows_group_for(packs, 4);
+    const bool power = group >= 1 && group <= 32 && (group & (group - 1)) == 0;
+    const bool enough = group == 32 || (packs + group - 1) / group <= 4;
+    const bool fewest = group == 1 || (packs + group / 2 - 1) / (group / 2) > 4;
+    groups_ok = groups_ok && power && enough && fewest;
+  }
+  expect(groups_ok, "gate spans: rows_group_for gives each lane at most 4 packs with the fewest lanes");
 }
 
 int main() {
