@@ -65,6 +65,8 @@ RECIPES = {
     "nnd-tau0.6-ft": (dict(NND, tau=0.6), ("nnd_finetune",)),
     "nnd-tau0.6-warm-ft": (dict(NND, tau=0.6), ("nnd_warmup", "nnd_finetune")),
     "nnd-tau0.6-warm-ramp-ft": (dict(NND, tau=0.6), ("nnd_warmup", "nnd_ramp", "nnd_finetune")),
+    "nnd-tau0.65-ft": (dict(NND, tau=0.65), ("nnd_finetune",)),
+    "nnd-tau0.65-warm-ft": (dict(NND, tau=0.65), ("nnd_warmup", "nnd_finetune")),
     "nnd-tau0.5-ft": (dict(NND, tau=0.5), ("nnd_finetune",)),
     "nnd-tau0.4-ft": (dict(NND, tau=0.4), ("nnd_finetune",)),
 }
@@ -97,7 +99,8 @@ def measure(run_dir: str) -> dict:
             "open": opened / gates if gates else 1.0, "test_images": n}
 
 
-def run_one(dataset: str, recipe: str, seed: int, out_dir: str, epochs: int | None) -> dict:
+def run_one(dataset: str, recipe: str, seed: int, out_dir: str, epochs: int | None,
+            only_finished: bool = False) -> dict | None:
     budget = dict(BUDGETS[dataset])
     if epochs is not None:
         budget["epochs"] = epochs
@@ -107,6 +110,8 @@ def run_one(dataset: str, recipe: str, seed: int, out_dir: str, epochs: int | No
     run_dir = config.run_dir()
     start = time.perf_counter()
     if not os.path.exists(os.path.join(run_dir, "summary.json")):
+        if only_finished:
+            return None
         train(config)
     trained_s = time.perf_counter() - start
     row = {"dataset": dataset, "recipe": recipe, "seed": seed, "epochs": config.epochs,
@@ -149,6 +154,8 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, help="override every data set's epochs (a quick look)")
     parser.add_argument("--out-dir", default="runs/nnd-recipes")
     parser.add_argument("--list", action="store_true", help="print the recipes and budgets, train nothing")
+    parser.add_argument("--only-finished", action="store_true",
+                        help="train nothing: measure and tabulate the finished runs among those asked for")
     args = parser.parse_args(argv)
     if args.list:
         for dataset, budget in BUDGETS.items():
@@ -157,8 +164,9 @@ def main(argv=None) -> int:
                 print(f"  {recipe}: {recipe_settings(dataset, recipe)}")
         return 0
     os.makedirs(args.out_dir, exist_ok=True)
-    rows = [run_one(dataset, recipe, seed, args.out_dir, args.epochs)
+    rows = [run_one(dataset, recipe, seed, args.out_dir, args.epochs, args.only_finished)
             for dataset in args.datasets for recipe in args.recipes for seed in args.seeds]
+    rows = [row for row in rows if row is not None]
     with open(os.path.join(args.out_dir, "recipes.json"), "w") as file:
         json.dump(rows, file, indent=1)
     text = table(rows)
