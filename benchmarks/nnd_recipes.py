@@ -10,6 +10,7 @@ and budget per data set, then measures, on the test split, in eval mode:
 
     OMP_NUM_THREADS=1 python benchmarks/nnd_recipes.py --datasets digits shapes --out-dir runs/nnd-recipes
     python benchmarks/nnd_recipes.py --list
+    python benchmarks/nnd_recipes.py --measure runs/nnd-shapes-seed0     # a run trained with picnn-ext train
 
 A finished run (its ``summary.json`` exists) is measured again, not retrained, so the script can be
 stopped and started again; ``--recipes`` picks some. Writes ``recipes.md`` (the table) and ``recipes.json``
@@ -156,7 +157,13 @@ def main(argv=None) -> int:
     parser.add_argument("--list", action="store_true", help="print the recipes and budgets, train nothing")
     parser.add_argument("--only-finished", action="store_true",
                         help="train nothing: measure and tabulate the finished runs among those asked for")
+    parser.add_argument("--measure", nargs="+", metavar="RUN_DIR",
+                        help="only measure these finished runs (e.g. trained with picnn-ext train), print JSON")
     args = parser.parse_args(argv)
+    if args.measure:
+        for run_dir in args.measure:
+            print(json.dumps({"run_dir": run_dir, **measure(run_dir)}))
+        return 0
     if args.list:
         for dataset, budget in BUDGETS.items():
             print(f"{dataset}: {budget}")
