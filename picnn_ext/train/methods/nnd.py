@@ -51,6 +51,11 @@ class NNDMethod(TrainingMethod):
     help = ("network decoupling: every conv layer gated per input by a controller; CE plus the sparsity, "
             "information and alignment terms")
 
+    def __init__(self, config):
+        super().__init__(config)
+        # In the fine-tuning epochs the controllers take no part in the loss's gradient.
+        self.ddp_find_unused_parameters = config.nnd_finetune > 0
+
     def build_model(self, in_channels: int, num_classes: int, image_size) -> DecoupledNet:
         backbone, width = build_backbone(self.config, in_channels, image_size)
         activation = None if self.config.interpreted_activation == "none" else self.config.interpreted_activation
@@ -58,11 +63,6 @@ class NNDMethod(TrainingMethod):
         config = self.config
         return decouple(network, num_classes, lambda_s=config.lambda_s, tau=config.tau,
                         lambda_m=config.lambda_m, lambda_k=config.lambda_k)
-
-    def __init__(self, config):
-        super().__init__(config)
-        # In the fine-tuning epochs the controllers take no part in the loss's gradient.
-        self.ddp_find_unused_parameters = config.nnd_finetune > 0
 
     @property
     def has_recipe(self) -> bool:
