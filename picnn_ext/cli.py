@@ -94,6 +94,13 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
     option("--tau", "tau", "NND: the sparsity's target share of open gates per layer", type=float)
     option("--lambda-m", "lambda_m", "NND: weight of the gates' information about the label", type=float)
     option("--lambda-k", "lambda_k", "NND: weight of the alignment of gates and responses", type=float)
+    option("--nnd-warmup", "nnd_warmup", "NND: first epochs with the sparsity term off", type=int, metavar="N")
+    option("--nnd-ramp", "nnd_ramp", "NND: after the warm-up, epochs over which lambda_s rises linearly to its "
+           "value", type=int, metavar="N")
+    option("--nnd-finetune", "nnd_finetune", "NND: last epochs trained with the inference gates (z > 0) fixed",
+           type=int, metavar="N")
+    option("--nnd-controller-lr", "nnd_controller_lr", "NND: learning rate of the controllers (default: --lr)",
+           type=float)
     option("--out-dir", "out_dir", "folder of the run folders", metavar="DIR")
     option("--run-name", "run_name", "the run's folder name (default: METHOD-DATASET-seedSEED)")
     option("--device", "device", "auto, cpu, cuda or cuda:N")

@@ -99,5 +99,11 @@ class NNDLoss(nn.Module):
         sparsity = sparsity_loss(gates, self.tau)
         information = information_loss(gates, targets, self.info_classifiers)
         alignment = alignment_loss(pooled, gates)
-        total = task + self.lambda_s * sparsity + self.lambda_m * information + self.lambda_k * alignment
-        return NNDLossParts(task, sparsity, information, alignment, total)
+        return NNDLossParts(task, sparsity, information, alignment,
+                            self.combine(task, sparsity, information, alignment))
+
+    def combine(self, task, sparsity, information, alignment, *, lambda_s: float | None = None):
+        """The weighted sum of the four terms; ``lambda_s`` (default: the module's) lets a training recipe
+        schedule the sparsity weight per epoch (``picnn_ext.train.methods.nnd``) without a second formula."""
+        lambda_s = self.lambda_s if lambda_s is None else lambda_s
+        return task + lambda_s * sparsity + self.lambda_m * information + self.lambda_k * alignment

@@ -78,6 +78,17 @@ class TrainConfig:
     tau: float = 0.0
     lambda_m: float = 0.01
     lambda_k: float = 1.0
+    # NND's training recipe (picnn_ext.train.methods.nnd; all off by default, which is the plain objective
+    # from the first step). Epoch e (from 1) weighs the sparsity by 0 while e <= nnd_warmup (the network
+    # and the controllers learn the task with every gate free), then by lambda_s * min(1, (e - nnd_warmup)
+    # / nnd_ramp) (lambda_s at once when nnd_ramp is 0). The last nnd_finetune epochs train with the gates
+    # inference uses (z > 0, no draw): the controllers stop moving and the convs and the batch norms'
+    # statistics adapt to the paths the skipping path will take. nnd_controller_lr: the controllers'
+    # learning rate (None: lr).
+    nnd_warmup: int = 0
+    nnd_ramp: int = 0
+    nnd_finetune: int = 0
+    nnd_controller_lr: Optional[float] = None
     out_dir: str = "runs"
     # Folder name of the run under ``out_dir``; default "<method>-<dataset>-seed<seed>".
     run_name: Optional[str] = None
@@ -126,6 +137,16 @@ class TrainConfig:
             raise ValueError(f"csg_lam_reg must be >= 0, got {self.csg_lam_reg}")
         if self.gate_lr is not None and not self.gate_lr > 0:
             raise ValueError(f"gate_lr must be positive, got {self.gate_lr}")
+        for name in ("nnd_warmup", "nnd_ramp", "nnd_finetune"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an int >= 0 (epochs), got {value!r}")
+        if self.method == "nnd" and (self.nnd_warmup or self.nnd_finetune) and \
+                self.nnd_warmup + self.nnd_finetune >= self.epochs:
+            raise ValueError(f"nnd_warmup ({self.nnd_warmup}) + nnd_finetune ({self.nnd_finetune}) must be less "
+                             f"than epochs ({self.epochs}): no epoch would train the gates' sparsity")
+        if self.nnd_controller_lr is not None and not self.nnd_controller_lr > 0:
+            raise ValueError(f"nnd_controller_lr must be positive, got {self.nnd_controller_lr}")
         if self.run_name is not None and (not self.run_name or os.sep in self.run_name):
             raise ValueError(f"run_name must be a plain folder name, got {self.run_name!r}")
         return self
