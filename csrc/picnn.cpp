@@ -45,6 +45,8 @@ TORCH_LIBRARY(picnn, m) {
   // The uniforms the gate draws for key (seed, offset), shaped like `like` (B, K): exposed so that tests
   // can show identical draws on every backend.
   m.def("philox_uniform(Tensor like, int seed, int offset) -> Tensor");
+  // NND's controller at inference, fused: W2 relu(W1 mean_positions(x) + b1) + b2 (no autograd kernel).
+  m.def("controller_logits(Tensor x, Tensor weight1, Tensor bias1, Tensor weight2, Tensor bias2) -> Tensor");
   m.def("build_info() -> str", &build_info);
 }
 

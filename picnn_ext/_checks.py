@@ -124,6 +124,32 @@ def check_sample_class_backward_args(grad_onehot, logits) -> None:
     check_grad_like(grad_onehot, logits, op, "grad_onehot", "logits")
 
 
+def check_controller_args(x, weight1, bias1, weight2, bias2) -> None:
+    """As csrc/cpu/controller_cpu.cpp, except that every float dtype is taken (the compiled kernel takes
+    float32 and float64; picnn_ext.ops.controller_logits sends the others here)."""
+    op = "controller_logits"
+    check_float_tensor(x, op, "x")
+    if x.dim() < 3:
+        raise ValueError(f"{op}: x must be (B, C, *spatial) with at least one spatial dim, got shape {list(x.shape)}")
+    for name, t in (("weight1", weight1), ("bias1", bias1), ("weight2", weight2), ("bias2", bias2)):
+        check_tensor(t, op, name)
+        check_same_device(t, x, op, name, "x")
+        if t.dtype != x.dtype:
+            raise TypeError(f"{op}: {name} must have x's dtype ({x.dtype}), got {t.dtype}")
+    channels = x.shape[1]
+    if weight1.dim() != 2 or weight1.shape[1] != channels:
+        raise ValueError(f"{op}: weight1 must be (hidden, C) with C = x.size(1) = {channels}, got shape "
+                         f"{list(weight1.shape)}")
+    hidden = weight1.shape[0]
+    if bias1.dim() != 1 or bias1.shape[0] != hidden:
+        raise ValueError(f"{op}: bias1 must be (hidden,) = ({hidden},), got shape {list(bias1.shape)}")
+    if weight2.dim() != 2 or weight2.shape[1] != hidden:
+        raise ValueError(f"{op}: weight2 must be (K, hidden) with hidden = weight1.size(0) = {hidden}, got shape "
+                         f"{list(weight2.shape)}")
+    if bias2.dim() != 1 or bias2.shape[0] != weight2.shape[0]:
+        raise ValueError(f"{op}: bias2 must be (K,) = ({weight2.shape[0]},), got shape {list(bias2.shape)}")
+
+
 def opmath_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype the kernels accumulate in: float64 for float64 inputs, else float32."""
     return torch.float64 if dtype == torch.float64 else torch.float32

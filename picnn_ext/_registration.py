@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 
 from . import reference
-from ._checks import (check_gate_args, check_grad_like, check_sample_class_args, check_sample_class_backward_args,
-                      check_tensor)
+from ._checks import (check_controller_args, check_gate_args, check_grad_like, check_sample_class_args,
+                      check_sample_class_backward_args, check_tensor)
 
 # Must equal the schemas in csrc/picnn.cpp (tests/test_registration.py checks it).
 SCHEMAS = {
@@ -25,7 +25,12 @@ SCHEMAS = {
     "sample_class": "sample_class(Tensor logits, Tensor? noise, Generator? generator) -> (Tensor, Tensor)",
     "sample_class_backward": "sample_class_backward(Tensor grad_onehot, Tensor logits) -> Tensor",
     "philox_uniform": "philox_uniform(Tensor like, int seed, int offset) -> Tensor",
+    "controller_logits": "controller_logits(Tensor x, Tensor weight1, Tensor bias1, Tensor weight2, Tensor bias2) "
+                         "-> Tensor",
 }
+
+# Ops whose compiled kernel exists for the CPU only: the pure-PyTorch kernel serves their other devices.
+CPU_ONLY_OPS = ("controller_logits",)
 
 PYTHON_KERNELS = {
     "bernoulli_gate": reference.bernoulli_gate,
@@ -33,6 +38,7 @@ PYTHON_KERNELS = {
     "sample_class": reference.sample_class,
     "sample_class_backward": reference.sample_class_backward,
     "philox_uniform": reference.philox_uniform,
+    "controller_logits": reference.controller_logits,
 }
 
 # The ops with a gradient; their backward ops are not differentiable themselves (double backward goes through
@@ -72,12 +78,18 @@ def _fake_philox_uniform(like, seed, offset):
     return like.new_empty(like.shape, dtype=torch.float32)
 
 
+def _fake_controller_logits(x, weight1, bias1, weight2, bias2):
+    check_controller_args(x, weight1, bias1, weight2, bias2)
+    return x.new_empty((x.shape[0], weight2.shape[0]))
+
+
 FAKE_KERNELS = {
     "bernoulli_gate": _fake_bernoulli_gate,
     "bernoulli_gate_backward": _fake_bernoulli_gate_backward,
     "sample_class": _fake_sample_class,
     "sample_class_backward": _fake_sample_class_backward,
     "philox_uniform": _fake_philox_uniform,
+    "controller_logits": _fake_controller_logits,
 }
 
 
@@ -145,11 +157,12 @@ def define_python_namespace(namespace: str) -> None:
     register_python_autograd(namespace)
 
 
-def fill_in_python_kernels(namespace: str, dispatch_key: str) -> None:
-    """Serve one device type of a compiled namespace with the pure-PyTorch kernels."""
+def fill_in_python_kernels(namespace: str, dispatch_key: str, names=None) -> None:
+    """Serve one device type of a compiled namespace with the pure-PyTorch kernels (of every op, or of
+    ``names``)."""
     library = torch.library.Library(namespace, "IMPL")
     _LIBRARIES.append(library)
-    for name in SCHEMAS:
+    for name in SCHEMAS if names is None else names:
         library.impl(name, PYTHON_KERNELS[name], dispatch_key)
 
 

@@ -14,10 +14,10 @@ import warnings
 
 import torch
 
-from . import _ext, _registration
+from . import _ext, _registration, reference
 from ._checks import check_tensor
 
-__all__ = ["bernoulli_gate", "sample_class", "philox_uniform", "backend_for"]
+__all__ = ["bernoulli_gate", "sample_class", "philox_uniform", "controller_logits", "backend_for"]
 
 _registration.define_python_namespace("picnn_py")
 if _ext.CPU_LIBRARY.loaded:
@@ -26,6 +26,8 @@ if _ext.CPU_LIBRARY.loaded:
         _registration.register_python_autograd("picnn")
     if not _ext.CUDA_LIBRARY.loaded:
         _registration.fill_in_python_kernels("picnn", "CUDA")
+    else:
+        _registration.fill_in_python_kernels("picnn", "CUDA", _registration.CPU_ONLY_OPS)
 else:
     _registration.define_python_namespace("picnn")
 
@@ -96,3 +98,19 @@ def sample_class(logits: torch.Tensor, *, noise: torch.Tensor | None = None,
 def philox_uniform(like: torch.Tensor, seed: int, offset: int) -> torch.Tensor:
     """The float32 uniforms a gate draws for key (seed, offset), shaped like the (B, K) tensor `like`."""
     return _ops(like, "philox_uniform", "like").philox_uniform(like, int(seed), int(offset))
+
+
+def controller_logits(x: torch.Tensor, weight1: torch.Tensor, bias1: torch.Tensor, weight2: torch.Tensor,
+                      bias2: torch.Tensor) -> torch.Tensor:
+    """NND's controller, ``W2 relu(W1 mean_positions(x) + b1) + b2``: (B, K) from x (B, C, *spatial).
+
+    The compiled CPU kernel (float32, float64) computes it in one call, for inference: it has no gradient,
+    so where one is wanted (grad mode on and an input that requires it) the differentiable composition of
+    torch ops runs instead, as it does for other dtypes and devices.
+    """
+    check_tensor(x, "controller_logits", "x")
+    wants_grad = torch.is_grad_enabled() and any(
+        isinstance(t, torch.Tensor) and t.requires_grad for t in (x, weight1, bias1, weight2, bias2))
+    if wants_grad or x.dtype not in (torch.float32, torch.float64):
+        return reference.controller_logits(x, weight1, bias1, weight2, bias2)
+    return _ops(x, "controller_logits", "x").controller_logits(x, weight1, bias1, weight2, bias2)

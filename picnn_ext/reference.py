@@ -177,3 +177,11 @@ def sample_class_backward(grad_onehot, logits):
     return (pi * (g - (pi * g).sum(-1, keepdim=True))).to(logits.dtype)
 
 
+def controller_logits(x: torch.Tensor, weight1: torch.Tensor, bias1: torch.Tensor, weight2: torch.Tensor,
+                      bias2: torch.Tensor) -> torch.Tensor:
+    """NND's controller: W2 relu(W1 mean_positions(x) + b1) + b2, (B, K); differentiable."""
+    from ._checks import check_controller_args
+
+    check_controller_args(x, weight1, bias1, weight2, bias2)
+    u = x.mean(dim=tuple(range(2, x.dim())))
+    return torch.nn.functional.linear(torch.relu(torch.nn.functional.linear(u, weight1, bias1)), weight2, bias2)

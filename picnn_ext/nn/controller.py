@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops import bernoulli_gate
+from ..ops import bernoulli_gate, controller_logits
 
 __all__ = ["ArchitectureController"]
 
@@ -67,15 +67,21 @@ class ArchitectureController(nn.Module):
             raise ValueError(f"ArchitectureController: layer_input has {layer_input.shape[1]} channels on dim 1, "
                              f"expected in_channels = {self.in_channels}")
 
-    def logits_from_pooled(self, u: torch.Tensor, in_index: torch.Tensor | None = None, *,
-                           weight1: torch.Tensor | None = None) -> torch.Tensor:
+    def logits_from_pooled(self, u: torch.Tensor, in_index: torch.Tensor | None = None) -> torch.Tensor:
         """z from the pooled input ``u`` (B, in_channels), or from its open channels alone: ``u`` (B, n) holds
-        the channels ``in_index`` (the others are zero, so their columns of W1 contribute nothing).
-        ``weight1``: those columns of fc1's weight, when the caller keeps them (the skipping path does)."""
-        if weight1 is None:
-            weight1 = self.fc1.weight if in_index is None else self.fc1.weight.index_select(1, in_index)
+        the channels ``in_index`` (the others are zero, so their columns of W1 contribute nothing)."""
+        weight1 = self.fc1.weight if in_index is None else self.fc1.weight.index_select(1, in_index)
         hidden = F.relu(F.linear(u, weight1, self.fc1.bias))
         return self.fc2(hidden)
+
+    def logits_of_map(self, x: torch.Tensor, in_index: torch.Tensor | None = None, *,
+                      weight1: torch.Tensor | None = None) -> torch.Tensor:
+        """z from the layer's input map itself, (B, n, *spatial) holding the channels ``in_index`` (None: all),
+        in one fused call (``picnn_ext.ops.controller_logits``): the skipping path's controller.
+        ``weight1``: fc1's columns of those channels, when the caller keeps them."""
+        if weight1 is None:
+            weight1 = self.fc1.weight if in_index is None else self.fc1.weight.index_select(1, in_index)
+        return controller_logits(x, weight1, self.fc1.bias, self.fc2.weight, self.fc2.bias)
 
     def logits(self, layer_input: torch.Tensor) -> torch.Tensor:
         """z, (B, out_channels)."""

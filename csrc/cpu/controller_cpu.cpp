@@ -1,0 +1,122 @@
+// NND's architecture controller at inference, fused (DESIGN.md section 5):
+//   z = W2 relu(W1 mean_positions(x) + b1) + b2,  x (B, C, *S), W1 (H, C), b1 (H), W2 (K, H), b2 (K).
+// One call instead of the four ops of the composition (mean, linear, relu, linear): on the skipping path the
+// controller runs between two convs, where each op pays 10-20 us of cold dispatch and cache misses, which
+// at batch 1 is several percent of a ResNet's time (benchmarks/nnd_speed.py). Inference only: there is no
+// autograd kernel, and picnn_ext.ops.controller_logits takes the differentiable composition when a gradient
+// is wanted. float32 and float64; x contiguous or channels_last (any other layout is made contiguous).
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "../common/checks.h"
+#include "multiversion.h"
+
+namespace picnn {
+namespace {
+
+// The loops, compiled for AVX2 and the baseline (multiversion.h says why: at::vec::Vectorized in an
+// extension built without -mavx2 is its scalar emulation, slower than the composition it replaces).
+template <typename scalar_t>
+PICNN_MULTIVERSION scalar_t row_sum(const scalar_t* x, int64_t n) {
+  scalar_t sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t i = 0; i < n; ++i) sum += x[i];
+  return sum;
+}
+
+template <typename scalar_t>
+PICNN_MULTIVERSION scalar_t row_dot(const scalar_t* a, const scalar_t* b, int64_t n) {
+  scalar_t sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t i = 0; i < n; ++i) sum += a[i] * b[i];
+  return sum;
+}
+
+template <typename scalar_t>
+PICNN_MULTIVERSION void row_add(scalar_t* acc, const scalar_t* x, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) acc[i] += x[i];
+}
+
+void check_controller_args(const at::Tensor& x, const at::Tensor& weight1, const at::Tensor& bias1,
+                           const at::Tensor& weight2, const at::Tensor& bias2) {
+  constexpr const char* op = "controller_logits";
+  TORCH_CHECK_VALUE(x.dim() >= 3, op, ": x must be (B, C, *spatial) with at least one spatial dim, got shape ",
+                    x.sizes());
+  TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, op,
+                   ": x must be float32 or float64 for the compiled kernel, got ", x.scalar_type());
+  const at::Tensor* params[] = {&weight1, &bias1, &weight2, &bias2};
+  const char* names[] = {"weight1", "bias1", "weight2", "bias2"};
+  for (int i = 0; i < 4; ++i) {
+    check_same_device(*params[i], x, op, names[i], "x");
+    TORCH_CHECK_TYPE(params[i]->scalar_type() == x.scalar_type(), op, ": ", names[i], " must have x's dtype (",
+                     x.scalar_type(), "), got ", params[i]->scalar_type());
+  }
+  const int64_t channels = x.size(1);
+  TORCH_CHECK_VALUE(weight1.dim() == 2 && weight1.size(1) == channels, op,
+                    ": weight1 must be (hidden, C) with C = x.size(1) = ", channels, ", got shape ", weight1.sizes());
+  const int64_t hidden = weight1.size(0);
+  TORCH_CHECK_VALUE(bias1.dim() == 1 && bias1.size(0) == hidden, op, ": bias1 must be (hidden,) = (", hidden,
+                    ",), got shape ", bias1.sizes());
+  TORCH_CHECK_VALUE(weight2.dim() == 2 && weight2.size(1) == hidden, op,
+                    ": weight2 must be (K, hidden) with hidden = weight1.size(0) = ", hidden, ", got shape ",
+                    weight2.sizes());
+  TORCH_CHECK_VALUE(bias2.dim() == 1 && bias2.size(0) == weight2.size(0), op, ": bias2 must be (K,) = (",
+                    weight2.size(0), ",), got shape ", bias2.sizes());
+}
+
+at::Tensor controller_logits_cpu(const at::Tensor& x_in, const at::Tensor& weight1_in, const at::Tensor& bias1_in,
+                                 const at::Tensor& weight2_in, const at::Tensor& bias2_in) {
+  check_controller_args(x_in, weight1_in, bias1_in, weight2_in, bias2_in);
+  const int64_t batch = x_in.size(0), channels = x_in.size(1);
+  const int64_t positions = channels == 0 || batch == 0 ? 0 : x_in.numel() / (batch * channels);
+  // channels_last 4-D maps are read as (B, S, C) rows; everything else as (B, C, S).
+  const bool channels_innermost = x_in.dim() == 4 && !x_in.is_contiguous() &&
+                                  x_in.is_contiguous(at::MemoryFormat::ChannelsLast);
+  const at::Tensor x = channels_innermost ? x_in : x_in.contiguous();
+  const at::Tensor weight1 = weight1_in.contiguous(), bias1 = bias1_in.contiguous();
+  const at::Tensor weight2 = weight2_in.contiguous(), bias2 = bias2_in.contiguous();
+  const int64_t hidden = weight1.size(0), filters = weight2.size(0);
+  at::Tensor z = at::empty({batch, filters}, x.options().memory_format(at::MemoryFormat::Contiguous));
+  if (batch == 0 || filters == 0) return z;
+
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "controller_logits_cpu", [&] {
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    const scalar_t* w1 = weight1.const_data_ptr<scalar_t>();
+    const scalar_t* b1 = bias1.const_data_ptr<scalar_t>();
+    const scalar_t* w2 = weight2.const_data_ptr<scalar_t>();
+    const scalar_t* b2 = bias2.const_data_ptr<scalar_t>();
+    scalar_t* zp = z.mutable_data_ptr<scalar_t>();
+    const scalar_t inv_positions = positions > 0 ? scalar_t(1) / static_cast<scalar_t>(positions) : scalar_t(0);
+    // A sample is one task: at batch 1 no thread is woken; at batch 32 the samples share the threads.
+    at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> u(channels), h(hidden);
+      for (int64_t b = begin; b < end; ++b) {
+        const scalar_t* sample = xp + b * channels * positions;
+        if (channels_innermost) {  // (S, C): add the positions' rows, element by element
+          std::fill(u.begin(), u.end(), scalar_t(0));
+          for (int64_t s = 0; s < positions; ++s) row_add(u.data(), sample + s * channels, channels);
+          for (int64_t c = 0; c < channels; ++c) u[c] *= inv_positions;
+        } else {  // (C, S): one contiguous row per channel
+          for (int64_t c = 0; c < channels; ++c) u[c] = row_sum(sample + c * positions, positions) * inv_positions;
+        }
+        for (int64_t j = 0; j < hidden; ++j) {
+          h[j] = std::max(row_dot(w1 + j * channels, u.data(), channels) + b1[j], scalar_t(0));
+        }
+        for (int64_t k = 0; k < filters; ++k) zp[b * filters + k] = row_dot(w2 + k * hidden, h.data(), hidden) + b2[k];
+      }
+    });
+  });
+  return z;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(picnn, CPU, m) { m.impl("controller_logits", &controller_logits_cpu); }
+
+}  // namespace picnn
