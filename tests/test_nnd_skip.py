@@ -126,3 +126,26 @@ def test_pattern_cache_is_bounded_and_drops_everything_when_a_source_changes():
     source.add_(1)  # an in-place change of the source
     assert torch.equal(cache.get((source,), 2, lambda: build(2)), torch.full((3,), 4.0))
     assert builds[-1] == 2 and len(cache) == 1
+
+
+def test_the_speed_benchmark_runs_and_checks_its_paths(tmp_path):
+    """benchmarks/nnd_speed.py on torchvision's ResNet-18 at a small size: it checks skip against the dense
+    gated network and plain before timing, and writes one row per case (the timings themselves are not
+    asserted: speed is shown by the benchmark, not by a test)."""
+    import json
+    import os
+    import sys
+
+    from test_nnd import import_torchvision
+
+    import_torchvision()
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks"))
+    import nnd_speed
+
+    out = tmp_path / "speed.json"
+    nnd_speed.main(["--models", "resnet18", "--batches", "1", "2", "--threads", "1", "--shares", "1", "0.5",
+                    "--size", "64", "--rounds", "1", "--json", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["batch"], r["share"]) for r in rows] == [(1, 1.0), (1, 0.5), (2, 1.0), (2, 0.5)]
+    assert all(r["plain_ms"] > 0 and r["skip_ms"] > 0 for r in rows)
+    assert rows[0]["mac_ratio"] == 1.0 and rows[1]["mac_ratio"] > 1.5
