@@ -149,3 +149,13 @@ def test_the_speed_benchmark_runs_and_checks_its_paths(tmp_path):
     assert [(r["batch"], r["share"]) for r in rows] == [(1, 1.0), (1, 0.5), (2, 1.0), (2, 0.5)]
     assert all(r["plain_ms"] > 0 and r["skip_ms"] > 0 for r in rows)
     assert rows[0]["mac_ratio"] == 1.0 and rows[1]["mac_ratio"] > 1.5
+
+
+def test_pattern_cache_is_bounded_in_bytes_and_keeps_the_newest():
+    source = torch.ones(1)
+    cache = PatternCache(size=64, max_bytes=3 * 400)
+    for key in range(5):  # 400 bytes each: three fit
+        cache.get((source,), key, lambda: torch.zeros(100))
+    assert list(cache._entries) == [2, 3, 4] and cache._bytes == 1200
+    big = cache.get((source,), "big", lambda: (torch.zeros(1000), torch.zeros(10)))  # over the budget alone
+    assert list(cache._entries) == ["big"] and cache._bytes == 4040 and big[0].numel() == 1000

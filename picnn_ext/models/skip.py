@@ -55,13 +55,25 @@ def _versions(tensors: Sequence[Optional[torch.Tensor]]) -> Tuple:
     return tuple((t.data_ptr(), t._version) for t in tensors if t is not None)
 
 
+def _nbytes(entry) -> int:
+    if isinstance(entry, torch.Tensor):
+        return entry.numel() * entry.element_size()
+    if isinstance(entry, (tuple, list)):
+        return sum(_nbytes(item) for item in entry)
+    return 0
+
+
 class PatternCache:
     """Tensors derived from some parameters, one entry per key (a gate pattern): all are dropped when one
-    of the parameters changes (their version counters say when), and at most ``size`` keys are kept, the
-    least recently used dropped first, so that a network with many patterns holds bounded memory."""
+    of the parameters changes (their version counters say when), and at most ``size`` keys and
+    ``max_bytes`` (16 MiB) of tensors are kept, the least recently used dropped first (the newest always
+    stays), so that a network whose inputs take many paths holds bounded memory: a ResNet-50 layer4 conv's
+    compacted weights are up to 9 MB a pattern."""
 
-    def __init__(self, size: int = 64):
+    def __init__(self, size: int = 64, max_bytes: int = 16 << 20):
         self.size = size
+        self.max_bytes = max_bytes
+        self._bytes = 0
         self._sources: Tuple = ()
         self._entries: "OrderedDict[Hashable, object]" = OrderedDict()
 
@@ -69,13 +81,16 @@ class PatternCache:
         versions = _versions(sources)
         if versions != self._sources:
             self._entries.clear()
+            self._bytes = 0
             self._sources = versions
         entry = self._entries.get(key)
         if entry is None:
             entry = build()
             self._entries[key] = entry
-            if len(self._entries) > self.size:
-                self._entries.popitem(last=False)
+            self._bytes += _nbytes(entry)
+            while len(self._entries) > 1 and (len(self._entries) > self.size or self._bytes > self.max_bytes):
+                _, dropped = self._entries.popitem(last=False)
+                self._bytes -= _nbytes(dropped)
         else:
             self._entries.move_to_end(key)
         return entry
