@@ -68,7 +68,8 @@ def test_public_op_is_differentiable_through_the_composition():
 
 @pytest.mark.parametrize("change, error, message", [
     (lambda a: {**a, "x": a["x"][:, :, 0, 0]}, ValueError, "x must be \\(B, C, \\*spatial\\)"),
-    (lambda a: {**a, "weight1": a["weight1"][:, :3]}, ValueError, "weight1 must be \\(hidden, C\\) with C = x.size\\(1\\) = 4"),
+    (lambda a: {**a, "weight1": a["weight1"][:, :3]}, ValueError,
+     "weight1 must be \\(hidden, C\\) with C = x.size\\(1\\) = 4"),
     (lambda a: {**a, "bias1": a["bias1"][:1]}, ValueError, "bias1 must be \\(hidden,\\) = \\(3,\\)"),
     (lambda a: {**a, "weight2": a["weight2"][:, :2]}, ValueError, "weight2 must be \\(K, hidden\\)"),
     (lambda a: {**a, "bias2": a["bias2"][:2]}, ValueError, "bias2 must be \\(K,\\) = \\(5,\\)"),
