@@ -27,7 +27,8 @@ def make(shape, hidden, filters, dtype, device, seed=0):
 @pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
 @pytest.mark.parametrize("shape, hidden, filters", [((1, 3, 224, 224), 16, 64), ((2, 64, 7, 7), 16, 64),
                                                     ((5, 37, 3, 5), 9, 41), ((3, 8, 1, 1), 2, 8),
-                                                    ((0, 4, 2, 2), 1, 4), ((2, 6, 4, 4), 1, 1)])
+                                                    ((0, 4, 2, 2), 1, 4), ((2, 6, 4, 4), 1, 1),
+                                                    ((2, 64, 48, 48), 16, 64)])  # >= 2^18: means in parallel
 def test_matches_the_float64_reference(backend, dtype, channels_last, shape, hidden, filters):
     x, *params = make(shape, hidden, filters, dtype, backend.device)
     if channels_last:
