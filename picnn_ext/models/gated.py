@@ -116,7 +116,8 @@ class GatedConv(nn.Module):
             out_key = out_index = None
         else:
             out_key = is_open.tobytes()
-            out_index = self._open_index.get((), out_key,
+            # keyed by device too: after model.to(device) the kept index must be the new device's
+            out_index = self._open_index.get((), (out_key, z.device),
                                              lambda: torch.from_numpy(np.flatnonzero(is_open)).to(z.device))
         y = self.act(self.folded(x, out_key, out_index, recorder))
         gate = None
