@@ -1,0 +1,121 @@
+"""The skipping path's fixed cost per gated layer, piece by piece (the figures behind BENCHMARKS.md, "NND's
+acceleration", "Why, measured"):
+
+    MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=4294967296 python benchmarks/nnd_pieces.py
+
+1. a small op alone and after a cache flush: the mean of a 512x7x7 map, timed warm and after writing 80 MB;
+2. at 100% open, batch 1, for each network and thread count: per forward, the time of the controllers
+   (``logits_of_map``, the fused op) and of the gated layers in all, on the skipping path and on plain;
+3. the controller in place, batch 1, 1 thread: the fused op against the composition it replaces (mean, two
+   Linears, ReLU), each computed in every gated layer of a forward, in both orders.
+All wall clock, medians or sums over 20 forwards after 3 of warm-up.
+"""
+import statistics
+import sys
+import time
+from collections import defaultdict
+
+import torch
+
+from nnd_speed import allocator_regime, nets_by_share
+from picnn_ext.models import gated, skip
+from picnn_ext.nn.controller import ArchitectureController
+
+FORWARDS = 20
+
+
+def small_op_cold():
+    x = torch.relu(torch.randn(1, 512, 7, 7))
+    big = torch.randn(20_000_000)
+    result = {}
+    for label, between in (("warm", lambda: None), ("after an 80 MB write", lambda: big.add_(1.0))):
+        times = []
+        for _ in range(100):
+            between()
+            start = time.perf_counter()
+            x.mean((2, 3))
+            times.append(time.perf_counter() - start)
+        result[label] = 1e6 * statistics.median(times)
+    return result
+
+
+def timed_forwards(net, call, wrap):
+    """Sum per forward of the wrapped methods' times."""
+    totals = defaultdict(float)
+    originals = []
+    for cls, name, key in wrap:
+        original = getattr(cls, name)
+        originals.append((cls, name, original))
+
+        def timed(*args, _original=original, _key=key, **kwargs):
+            start = time.perf_counter()
+            out = _original(*args, **kwargs)
+            totals[_key] += time.perf_counter() - start
+            return out
+
+        setattr(cls, name, timed)
+    try:
+        for _ in range(3):
+            call()
+        totals.clear()
+        for _ in range(FORWARDS):
+            call()
+    finally:
+        for cls, name, original in originals:
+            setattr(cls, name, original)
+    return {key: 1e3 * value / FORWARDS for key, value in totals.items()}
+
+
+def controller_in_place(net, images, order):
+    """ms per forward of the fused controller and of the composition, both computed in every gated layer."""
+    totals = defaultdict(float)
+    original = gated.GatedConv.forward_skip
+
+    def forward_skip(self, x, plain=False):
+        c = self.controller
+        ways = {"fused": lambda: c.logits_of_map(x.values, x.index),
+                "composition": lambda: c.logits_from_pooled(x.values.mean(dim=(2, 3)), x.index)}
+        for name in order:
+            start = time.perf_counter()
+            ways[name]()
+            totals[name] += time.perf_counter() - start
+        return original(self, x, plain)
+
+    gated.GatedConv.forward_skip = forward_skip
+    try:
+        for _ in range(3):
+            net.forward_skip(images)
+        totals.clear()
+        for _ in range(FORWARDS):
+            net.forward_skip(images)
+    finally:
+        gated.GatedConv.forward_skip = original
+    return {name: 1e3 * totals[name] / FORWARDS for name in order}
+
+
+def main():
+    print(f"torch {torch.__version__}; allocator: {allocator_regime()}")
+    torch.set_num_threads(1)
+    print("mean of a 512x7x7 map, us:", {k: round(v, 1) for k, v in small_op_cold().items()})
+    images = torch.randn(1, 3, 224, 224)
+    wrap = [(ArchitectureController, "logits_of_map", "controllers"), (gated.GatedConv, "forward_skip", "gated layers"),
+            (skip.FoldedConv, "__call__", "folded convs")]
+    for name in ("resnet18", "resnet50"):
+        base, nets = nets_by_share(name, [1.0])
+        net = nets[1.0]
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            skip_ms = timed_forwards(net, lambda: net.forward_skip(images), wrap)
+            plain_ms = timed_forwards(base, lambda: base.forward_plain(images), wrap)
+            print(f"{name} B=1 100% open, {threads} thread(s), ms per forward: skip "
+                  f"{ {k: round(v, 3) for k, v in skip_ms.items()} }, plain { {k: round(v, 3) for k, v in plain_ms.items()} }")
+        torch.set_num_threads(1)
+        for order in (("fused", "composition"), ("composition", "fused")):
+            ms = controller_in_place(net, images, order)
+            print(f"{name} B=1 1 thread, controllers in place ({' first, '.join(order)} second), ms per forward: "
+                  f"{ {k: round(v, 3) for k, v in ms.items()} }")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
