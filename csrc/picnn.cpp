@@ -45,8 +45,12 @@ TORCH_LIBRARY(picnn, m) {
   // The uniforms the gate draws for key (seed, offset), shaped like `like` (B, K): exposed so that tests
   // can show identical draws on every backend.
   m.def("philox_uniform(Tensor like, int seed, int offset) -> Tensor");
-  // NND's controller at inference, fused: W2 relu(W1 mean_positions(x) + b1) + b2 (no autograd kernel).
+  // NND's controller at inference, fused: W2 relu(W1 mean_positions(x) + b1) + b2 (no autograd kernel);
+  // x (B, C, *S), or (B, C) already pooled.
   m.def("controller_logits(Tensor x, Tensor weight1, Tensor bias1, Tensor weight2, Tensor bias2) -> Tensor");
+  // The skipping path's activation with the next controller's pooling: x <- relu(x + residual) in place,
+  // returns the mean over positions of the result, (B, C) (no autograd kernel).
+  m.def("relu_mean_(Tensor(a!) x, Tensor? residual) -> Tensor");
   m.def("build_info() -> str", &build_info);
 }
 

@@ -129,8 +129,8 @@ def check_controller_args(x, weight1, bias1, weight2, bias2) -> None:
     float32 and float64; picnn_ext.ops.controller_logits sends the others here)."""
     op = "controller_logits"
     check_float_tensor(x, op, "x")
-    if x.dim() < 3:
-        raise ValueError(f"{op}: x must be (B, C, *spatial) with at least one spatial dim, got shape {list(x.shape)}")
+    if x.dim() < 2:
+        raise ValueError(f"{op}: x must be (B, C, *spatial), or (B, C) already pooled, got shape {list(x.shape)}")
     for name, t in (("weight1", weight1), ("bias1", bias1), ("weight2", weight2), ("bias2", bias2)):
         check_tensor(t, op, name)
         check_same_device(t, x, op, name, "x")
@@ -148,6 +148,22 @@ def check_controller_args(x, weight1, bias1, weight2, bias2) -> None:
                          f"{list(weight2.shape)}")
     if bias2.dim() != 1 or bias2.shape[0] != weight2.shape[0]:
         raise ValueError(f"{op}: bias2 must be (K,) = ({weight2.shape[0]},), got shape {list(bias2.shape)}")
+
+
+def check_relu_mean_args(x, residual) -> None:
+    """As csrc/cpu/relu_mean_cpu.cpp, except that every float dtype is taken (the compiled kernel takes
+    float32 and float64; picnn_ext.ops.relu_mean_ sends the others here)."""
+    op = "relu_mean_"
+    check_float_tensor(x, op, "x")
+    if x.dim() < 3:
+        raise ValueError(f"{op}: x must be (B, C, *spatial) with at least one spatial dim, got shape {list(x.shape)}")
+    if residual is not None:
+        check_tensor(residual, op, "residual")
+        check_same_device(residual, x, op, "residual", "x")
+        if residual.dtype != x.dtype:
+            raise TypeError(f"{op}: residual must have x's dtype ({x.dtype}), got {residual.dtype}")
+        if residual.shape != x.shape:
+            raise ValueError(f"{op}: residual must have x's shape {list(x.shape)}, got {list(residual.shape)}")
 
 
 def opmath_dtype(dtype: torch.dtype) -> torch.dtype:

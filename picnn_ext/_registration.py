@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 
 from . import reference
-from ._checks import (check_controller_args, check_gate_args, check_grad_like, check_sample_class_args,
-                      check_sample_class_backward_args, check_tensor)
+from ._checks import (check_controller_args, check_gate_args, check_grad_like, check_relu_mean_args,
+                      check_sample_class_args, check_sample_class_backward_args, check_tensor)
 
 # Must equal the schemas in csrc/picnn.cpp (tests/test_registration.py checks it).
 SCHEMAS = {
@@ -27,10 +27,11 @@ SCHEMAS = {
     "philox_uniform": "philox_uniform(Tensor like, int seed, int offset) -> Tensor",
     "controller_logits": "controller_logits(Tensor x, Tensor weight1, Tensor bias1, Tensor weight2, Tensor bias2) "
                          "-> Tensor",
+    "relu_mean_": "relu_mean_(Tensor(a!) x, Tensor? residual) -> Tensor",
 }
 
 # Ops whose compiled kernel exists for the CPU only: the pure-PyTorch kernel serves their other devices.
-CPU_ONLY_OPS = ("controller_logits",)
+CPU_ONLY_OPS = ("controller_logits", "relu_mean_")
 
 PYTHON_KERNELS = {
     "bernoulli_gate": reference.bernoulli_gate,
@@ -39,6 +40,7 @@ PYTHON_KERNELS = {
     "sample_class_backward": reference.sample_class_backward,
     "philox_uniform": reference.philox_uniform,
     "controller_logits": reference.controller_logits,
+    "relu_mean_": reference.relu_mean_,
 }
 
 # The ops with a gradient; their backward ops are not differentiable themselves (double backward goes through
@@ -83,6 +85,11 @@ def _fake_controller_logits(x, weight1, bias1, weight2, bias2):
     return x.new_empty((x.shape[0], weight2.shape[0]))
 
 
+def _fake_relu_mean_(x, residual):
+    check_relu_mean_args(x, residual)
+    return x.new_empty((x.shape[0], x.shape[1]))
+
+
 FAKE_KERNELS = {
     "bernoulli_gate": _fake_bernoulli_gate,
     "bernoulli_gate_backward": _fake_bernoulli_gate_backward,
@@ -90,6 +97,7 @@ FAKE_KERNELS = {
     "sample_class_backward": _fake_sample_class_backward,
     "philox_uniform": _fake_philox_uniform,
     "controller_logits": _fake_controller_logits,
+    "relu_mean_": _fake_relu_mean_,
 }
 
 

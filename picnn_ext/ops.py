@@ -17,7 +17,7 @@ import torch
 from . import _ext, _registration, reference
 from ._checks import check_tensor
 
-__all__ = ["bernoulli_gate", "sample_class", "philox_uniform", "controller_logits", "backend_for"]
+__all__ = ["bernoulli_gate", "sample_class", "philox_uniform", "controller_logits", "relu_mean_", "backend_for"]
 
 _registration.define_python_namespace("picnn_py")
 if _ext.CPU_LIBRARY.loaded:
@@ -57,6 +57,8 @@ def backend_for(device: torch.device | str, *, warn: bool = True) -> str:
 
 
 _NATIVE_OPS, _PYTHON_OPS = torch.ops.picnn, torch.ops.picnn_py
+# The dtypes of the compiled controller_logits and relu_mean_ kernels (the others take the composition).
+_COMPILED_CONTROLLER_DTYPES = (torch.float32, torch.float64)
 _NATIVE_SETTINGS = ("auto", "native")
 
 
@@ -102,15 +104,33 @@ def philox_uniform(like: torch.Tensor, seed: int, offset: int) -> torch.Tensor:
 
 def controller_logits(x: torch.Tensor, weight1: torch.Tensor, bias1: torch.Tensor, weight2: torch.Tensor,
                       bias2: torch.Tensor) -> torch.Tensor:
-    """NND's controller, ``W2 relu(W1 mean_positions(x) + b1) + b2``: (B, K) from x (B, C, *spatial).
+    """NND's controller, ``W2 relu(W1 mean_positions(x) + b1) + b2``: (B, K) from x (B, C, *spatial), or from
+    x (B, C) already pooled (the means that :func:`relu_mean_` returns).
 
     The compiled CPU kernel (float32, float64) computes it in one call, for inference: it has no gradient,
     so where one is wanted (grad mode on and an input that requires it) the differentiable composition of
     torch ops runs instead, as it does for other dtypes and devices.
     """
     check_tensor(x, "controller_logits", "x")
+    # Grad mode is off on the skipping path, where this runs once per layer: that answer comes first.
     wants_grad = torch.is_grad_enabled() and any(
         isinstance(t, torch.Tensor) and t.requires_grad for t in (x, weight1, bias1, weight2, bias2))
-    if wants_grad or x.dtype not in (torch.float32, torch.float64):
+    if wants_grad or x.dtype not in _COMPILED_CONTROLLER_DTYPES:
         return reference.controller_logits(x, weight1, bias1, weight2, bias2)
     return _ops(x, "controller_logits", "x").controller_logits(x, weight1, bias1, weight2, bias2)
+
+
+def relu_mean_(x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+    """``x <- relu(x + residual)`` in place (``residual`` optional, x's shape), and the mean of the result over
+    the positions, (B, C) from x (B, C, *spatial): an activation that also gives the next NND controller its
+    pooled input in the same pass over the map (the skipping path's ReLU).
+
+    The compiled CPU kernel (float32, float64) has no gradient, so where one is wanted the composition of
+    torch ops runs instead, as it does for other dtypes and devices.
+    """
+    check_tensor(x, "relu_mean_", "x")
+    wants_grad = torch.is_grad_enabled() and (x.requires_grad or (
+        isinstance(residual, torch.Tensor) and residual.requires_grad))
+    if wants_grad or x.dtype not in _COMPILED_CONTROLLER_DTYPES:
+        return reference.relu_mean_(x, residual)
+    return _ops(x, "relu_mean_", "x").relu_mean_(x, residual)

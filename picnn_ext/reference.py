@@ -12,8 +12,8 @@ import os
 
 import torch
 
-from ._checks import (check_gate_args, check_grad_like, check_sample_class_args, check_sample_class_backward_args,
-                      opmath_dtype, position_dims)
+from ._checks import (check_controller_args, check_gate_args, check_grad_like, check_relu_mean_args,
+                      check_sample_class_args, check_sample_class_backward_args, opmath_dtype, position_dims)
 
 # Value checks (range of p, NaN logits) on the host, with a synchronisation on CUDA; else device-side there.
 HOST_VALUE_CHECKS = os.environ.get("PICNN_EXT_CHECK_VALUES", "0").strip() not in ("", "0")
@@ -179,9 +179,17 @@ def sample_class_backward(grad_onehot, logits):
 
 def controller_logits(x: torch.Tensor, weight1: torch.Tensor, bias1: torch.Tensor, weight2: torch.Tensor,
                       bias2: torch.Tensor) -> torch.Tensor:
-    """NND's controller: W2 relu(W1 mean_positions(x) + b1) + b2, (B, K); differentiable."""
-    from ._checks import check_controller_args
-
+    """NND's controller: W2 relu(W1 mean_positions(x) + b1) + b2, (B, K), x (B, C, *S) or (B, C) already
+    pooled; differentiable."""
     check_controller_args(x, weight1, bias1, weight2, bias2)
-    u = x.mean(dim=tuple(range(2, x.dim())))
+    u = x if x.dim() == 2 else x.mean(dim=tuple(range(2, x.dim())))  # (a mean over dim=() would take all)
     return torch.nn.functional.linear(torch.relu(torch.nn.functional.linear(u, weight1, bias1)), weight2, bias2)
+
+
+def relu_mean_(x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+    """x <- relu(x + residual) in place; returns its mean over the positions, (B, C)."""
+    check_relu_mean_args(x, residual)
+    if residual is not None:
+        x.add_(residual)
+    x.relu_()
+    return x.mean(dim=tuple(range(2, x.dim())))

@@ -49,6 +49,9 @@ def test_other_layouts_and_ranks(backend):
     tokens = x.flatten(2)  # (B, C, N): one spatial dim
     torch.testing.assert_close(backend.ops.controller_logits(tokens, *params).double().cpu(), expected, atol=2e-5,
                                rtol=2e-5)
+    pooled = x.mean(dim=(2, 3))  # (B, C): the pooled input itself, as relu_mean_ returns it
+    torch.testing.assert_close(backend.ops.controller_logits(pooled, *params).double().cpu(), expected, atol=2e-5,
+                               rtol=2e-5)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
@@ -68,7 +71,7 @@ def test_public_op_is_differentiable_through_the_composition():
 
 
 @pytest.mark.parametrize("change, error, message", [
-    (lambda a: {**a, "x": a["x"][:, :, 0, 0]}, ValueError, "x must be \\(B, C, \\*spatial\\)"),
+    (lambda a: {**a, "x": a["x"][:, 0, 0, 0]}, ValueError, "x must be \\(B, C, \\*spatial\\)"),
     (lambda a: {**a, "weight1": a["weight1"][:, :3]}, ValueError,
      "weight1 must be \\(hidden, C\\) with C = x.size\\(1\\) = 4"),
     (lambda a: {**a, "bias1": a["bias1"][:1]}, ValueError, "bias1 must be \\(hidden,\\) = \\(3,\\)"),

@@ -1,5 +1,7 @@
 // NND's architecture controller at inference, fused (DESIGN.md section 5):
 //   z = W2 relu(W1 mean_positions(x) + b1) + b2,  x (B, C, *S), W1 (H, C), b1 (H), W2 (K, H), b2 (K).
+// x may be (B, C), the pooled input u itself, when the activation that wrote the map computed its means
+// (relu_mean_cpu.cpp).
 // One call instead of the four ops of the composition (mean, linear, relu, linear): on the skipping path the
 // controller runs between two convs, where each op pays 10-20 us of cold dispatch and cache misses, which
 // at batch 1 is several percent of a ResNet's time (benchmarks/nnd_speed.py). Inference only: there is no
@@ -46,7 +48,7 @@ PICNN_MULTIVERSION void row_add(scalar_t* acc, const scalar_t* x, int64_t n) {
 void check_controller_args(const at::Tensor& x, const at::Tensor& weight1, const at::Tensor& bias1,
                            const at::Tensor& weight2, const at::Tensor& bias2) {
   constexpr const char* op = "controller_logits";
-  TORCH_CHECK_VALUE(x.dim() >= 3, op, ": x must be (B, C, *spatial) with at least one spatial dim, got shape ",
+  TORCH_CHECK_VALUE(x.dim() >= 2, op, ": x must be (B, C, *spatial), or (B, C) already pooled, got shape ",
                     x.sizes());
   TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, op,
                    ": x must be float32 or float64 for the compiled kernel, got ", x.scalar_type());
@@ -93,38 +95,52 @@ at::Tensor controller_logits_cpu(const at::Tensor& x_in, const at::Tensor& weigh
     const scalar_t* b2 = bias2.const_data_ptr<scalar_t>();
     scalar_t* zp = z.mutable_data_ptr<scalar_t>();
     const scalar_t inv_positions = positions > 0 ? scalar_t(1) / static_cast<scalar_t>(positions) : scalar_t(0);
-    // A batch-1 map of 256 x 56 x 56 is a 3 MB read, a memory pass that is most of the controller's time: for
-    // maps that large the means alone are split over the threads (the convs around use them all); smaller
-    // layers stay on the calling thread, where waking another costs more than it saves.
+    // u = the means, (B, C). A batch-1 map of 256 x 56 x 56 is a 3 MB read, a memory pass that is most of
+    // the means' time: for maps that large the rows are split over the threads (the convs around use them
+    // all); smaller maps stay on the calling thread, where waking another costs more than it saves.
     constexpr int64_t kParallelMeans = 1 << 18;  // measured best of 2^14, 2^16, 2^18 at ResNet-50, 2 threads
-    std::vector<scalar_t> means;
-    if (!channels_innermost && batch * channels * positions >= kParallelMeans) {
-      means.resize(batch * channels);
-      at::parallel_for(0, batch * channels, std::max<int64_t>(1, (1 << 16) / std::max<int64_t>(positions, 1)),
-                       [&](int64_t begin, int64_t end) {
-                         for (int64_t r = begin; r < end; ++r) {
-                           means[r] = row_sum(xp + r * positions, positions) * inv_positions;
-                         }
-                       });
+    std::vector<scalar_t> u(batch * channels, scalar_t(0));
+    if (channels_innermost) {  // (B, S, C): add the positions' rows, element by element, a sample a task
+      at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t b = begin; b < end; ++b) {
+          scalar_t* ub = u.data() + b * channels;
+          const scalar_t* sample = xp + b * channels * positions;
+          for (int64_t s = 0; s < positions; ++s) row_add(ub, sample + s * channels, channels);
+          for (int64_t c = 0; c < channels; ++c) ub[c] *= inv_positions;
+        }
+      });
+    } else {  // (B*C rows, S): one contiguous row per (sample, channel)
+      const int64_t rows = batch * channels;
+      const int64_t grain = rows * positions >= kParallelMeans
+                                ? std::max<int64_t>(1, (1 << 16) / std::max<int64_t>(positions, 1))
+                                : std::max<int64_t>(rows, 1);
+      at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+        for (int64_t r = begin; r < end; ++r) u[r] = row_sum(xp + r * positions, positions) * inv_positions;
+      });
     }
-    // A sample is one task: at batch 1 no thread is woken; at batch 32 the samples share the threads.
-    at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> u(channels), h(hidden);
-      for (int64_t b = begin; b < end; ++b) {
-        const scalar_t* sample = xp + b * channels * positions;
-        if (channels_innermost) {  // (S, C): add the positions' rows, element by element
-          std::fill(u.begin(), u.end(), scalar_t(0));
-          for (int64_t s = 0; s < positions; ++s) row_add(u.data(), sample + s * channels, channels);
-          for (int64_t c = 0; c < channels; ++c) u[c] *= inv_positions;
-        } else if (!means.empty()) {
-          std::copy(means.begin() + b * channels, means.begin() + (b + 1) * channels, u.begin());
-        } else {  // (C, S): one contiguous row per channel
-          for (int64_t c = 0; c < channels; ++c) u[c] = row_sum(sample + c * positions, positions) * inv_positions;
+    // The two Linears, a weight row a task and every sample against it, so that each row is read once per
+    // call. The weights are the controller's real cost at inference (ResNet-50's 33 controllers hold 8 MB,
+    // read cold between two convs): when a layer's are large they are split over the threads, as the convs
+    // around are; small ones stay on the calling thread.
+    constexpr int64_t kParallelWeights = 1 << 15;  // elements of a weight matrix: 128 KB in float32
+    auto grain_of = [](int64_t rows, int64_t cols) {
+      return rows * cols >= kParallelWeights ? std::max<int64_t>(1, (kParallelWeights / 4) / std::max<int64_t>(cols, 1))
+                                             : std::max<int64_t>(rows, 1);
+    };
+    std::vector<scalar_t> h(batch * hidden);
+    at::parallel_for(0, hidden, grain_of(hidden, channels), [&](int64_t begin, int64_t end) {
+      for (int64_t j = begin; j < end; ++j) {
+        for (int64_t b = 0; b < batch; ++b) {
+          h[b * hidden + j] = std::max(row_dot(w1 + j * channels, u.data() + b * channels, channels) + b1[j],
+                                       scalar_t(0));
         }
-        for (int64_t j = 0; j < hidden; ++j) {
-          h[j] = std::max(row_dot(w1 + j * channels, u.data(), channels) + b1[j], scalar_t(0));
+      }
+    });
+    at::parallel_for(0, filters, grain_of(filters, hidden), [&](int64_t begin, int64_t end) {
+      for (int64_t k = begin; k < end; ++k) {
+        for (int64_t b = 0; b < batch; ++b) {
+          zp[b * filters + k] = row_dot(w2 + k * hidden, h.data() + b * hidden, hidden) + b2[k];
         }
-        for (int64_t k = 0; k < filters; ++k) zp[b * filters + k] = row_dot(w2 + k * hidden, h.data(), hidden) + b2[k];
       }
     });
   });

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..nn.controller import ArchitectureController
+from ..ops import relu_mean_
 from .skip import Compact, FoldedConv, PatternCache, run_skip
 
 __all__ = ["Compact", "GatedBasicBlock", "GatedBottleneck", "GatedConv", "GatedResidualBlock", "PathRecorder", "run_skip"]
@@ -71,6 +72,7 @@ class GatedConv(nn.Module):
         self.folded = FoldedConv(conv, self.bn)
         self._controller_columns = PatternCache()
         self._open_index = PatternCache()
+        self._all_open_key = bytes([1]) * conv.out_channels  # numpy's bytes of an all-True bool pattern
 
     @property
     def out_channels(self) -> int:
@@ -84,22 +86,37 @@ class GatedConv(nn.Module):
             recorder.record(gate, out.mean(dim=(2, 3)), gated)
         return gated
 
-    @torch.no_grad()
+    def _activate(self, y: torch.Tensor, act: nn.Module):
+        """(act(y), its means over the positions or None). A ReLU runs as ``relu_mean_``, which computes the
+        means in the same pass, for the next gated layer's controller; both paths, skip and plain, run it, so
+        that they differ only in what gating adds and removes."""
+        if type(act) is nn.ReLU:
+            return y, relu_mean_(y)
+        return act(y), None
+
     def forward_skip(self, x: Compact, plain: bool = False) -> Compact:
         """The gated output from x's open channels, computing only the filters open for some sample.
-        ``plain``: every filter, no controller (the network without its gates)."""
-        if x.channels != self.conv.in_channels:
+        ``plain``: every filter, no controller (the network without its gates). Called by :func:`run_skip`
+        under ``DecoupledNet.forward_skip``'s no_grad (a decorator here would cost every layer its
+        context switch)."""
+        # The submodules from the dict, not as attributes: nn.Module's __getattr__ is the slow path of a failed
+        # lookup, and between two convs every line here runs from cold caches (benchmarks/nnd_speed.py).
+        modules = self._modules
+        conv, act = modules["conv"], modules["act"]
+        if x.channels != conv.in_channels:
             raise ValueError(f"GatedConv: layer_input has {x.channels} channels on dim 1, expected in_channels = "
-                             f"{self.conv.in_channels}")
+                             f"{conv.in_channels}")
         recorder = self.recorder
         if plain:
-            return Compact.of(self.act(self.folded(x, recorder=recorder)))
-        controller = self.controller
+            y, means = self._activate(self.folded(x, recorder=recorder), act)
+            return Compact(y, None, conv.out_channels, None, means)
+        controller = modules["controller"]
         weight1 = None
         if x.index is not None:  # fc1's columns of the open input channels, kept per input pattern
             weight1 = self._controller_columns.get((controller.fc1.weight,), x.key,
                                                    lambda: controller.fc1.weight.index_select(1, x.index))
-        z = controller.logits_of_map(x.values, x.index, weight1=weight1)
+        # The pooled input when the previous activation computed it, else the map itself.
+        z = controller.logits_of_map(x.values if x.means is None else x.means, x.index, weight1=weight1)
         # The one host read of the layer: the gates, as numpy (on the CPU a view of z, on a GPU the layer's one
         # synchronisation), from which numpy counts how many samples open each filter: the pattern, and
         # whether a sample closes a filter of the union. numpy, not torch, for these few tiny steps: between
@@ -109,23 +126,28 @@ class GatedConv(nn.Module):
         if z_host.dtype not in (torch.float32, torch.float64):
             z_host = z_host.float()
         gate_host = z_host.numpy() > 0
-        batch = gate_host.shape[0]
-        counts = gate_host[0] if batch == 1 else gate_host.sum(axis=0)
-        is_open = counts > 0
-        if is_open.all():
+        batch = len(gate_host)
+        if batch == 1:
+            is_open = gate_host[0]
+        else:
+            counts = gate_host.sum(axis=0)
+            is_open = counts > 0
+        out_key = is_open.tobytes()  # one byte per filter, 1 where open: the pattern, as the caches' key
+        if out_key == self._all_open_key:  # a bytes comparison, cheaper than numpy's all() on the hot path
             out_key = out_index = None
         else:
-            out_key = is_open.tobytes()
             # keyed by device too: after model.to(device) the kept index must be the new device's
             out_index = self._open_index.get((), (out_key, z.device),
                                              lambda: torch.from_numpy(np.flatnonzero(is_open)).to(z.device))
-        y = self.act(self.folded(x, out_key, out_index, recorder))
+        y, means = self._activate(self.folded(x, out_key, out_index, recorder), act)
         gate = None
         if batch > 1 and (counts[is_open] < batch).any():  # a sample closes a filter of the union
             gate = z > 0
-            open_gate = gate if out_index is None else gate.index_select(1, out_index)
-            y = y.mul_(open_gate.to(y.dtype)[:, :, None, None])
-        out = Compact(y, out_index, self.out_channels, out_key)
+            open_gate = (gate if out_index is None else gate.index_select(1, out_index)).to(y.dtype)
+            y = y.mul_(open_gate[:, :, None, None])
+            if means is not None:  # the gated map's means: the gate is constant over the positions
+                means = means.mul_(open_gate)
+        out = Compact(y, out_index, conv.out_channels, out_key, means)
         if recorder is not None and recorder.macs is not None:  # counting: the gates are returned
             recorder.record(z > 0 if gate is None else gate, None, y)  # bool; forward_skip converts them
         return out
@@ -163,10 +185,10 @@ class GatedResidualBlock(nn.Module):
         identity = x if self.downsample is None else self.downsample(x)
         return self.relu(bn(conv(h)) + identity)
 
-    @torch.no_grad()
     def forward_skip(self, x: Compact, plain: bool = False) -> Compact:
         """The block from x's open channels: its units skip their closed filters, the last conv reads only
-        the open channels of the last unit, the downsample only x's; the residual sum is dense."""
+        the open channels of the last unit, the downsample only x's; the residual sum is dense, and its ReLU
+        gives the next block's first controller its pooled input. Called as :meth:`GatedConv.forward_skip`."""
         recorder = self.units()[0].recorder
         h = x
         for unit in self.units():
@@ -183,7 +205,8 @@ class GatedResidualBlock(nn.Module):
                 for layer in self.downsample.modules():
                     if isinstance(layer, nn.Conv2d):
                         recorder.count(layer, layer.out_channels, layer.in_channels, identity)
-        return Compact.of(torch.relu_(out.add_(identity)))
+        means = relu_mean_(out, identity)
+        return Compact(out, None, out.shape[1], None, means)
 
 
 class GatedBasicBlock(GatedResidualBlock):

@@ -25,16 +25,19 @@ from torch import nn
 __all__ = ["Compact", "FoldedConv", "PatternCache", "run_skip"]
 
 
-@dataclass
+@dataclass(slots=True)  # slots: made once per layer on the hot path, where a dict costs
 class Compact:
     """A (B, channels, H, W) map of which only the channels ``index`` (None: all) may be non-zero;
     ``values`` holds those channels, in the order of ``index``; ``key`` is the open pattern as bytes (one
-    per channel, on the host), the cache key of the weights that read this map."""
+    per channel, on the host), the cache key of the weights that read this map; ``means`` (B, n), when the
+    activation that wrote ``values`` computed them (``picnn_ext.ops.relu_mean_``), their means over the
+    positions: the next controller's pooled input, so that it need not read the map again."""
 
     values: torch.Tensor
     index: Optional[torch.Tensor]
     channels: int
     key: Optional[bytes] = None
+    means: Optional[torch.Tensor] = None
 
     def dense(self) -> torch.Tensor:
         if self.index is None:
@@ -52,7 +55,8 @@ class Compact:
 
 
 def _versions(tensors: Sequence[Optional[torch.Tensor]]) -> Tuple:
-    return tuple((t.data_ptr(), t._version) for t in tensors if t is not None)
+    # A list comprehension, not a generator: every layer pays this on every call.
+    return tuple([(t.data_ptr(), t._version) for t in tensors if t is not None])
 
 
 def _nbytes(entry) -> int:
@@ -182,7 +186,7 @@ class FoldedConv:
             return x.values.new_zeros(x.values.shape[0], 0, *self._output_size(x.values))
         weight, bias = self.weights(out_key, out_index, x)
         y = F.conv2d(x.values, weight, bias, conv.stride, conv.padding, conv.dilation)
-        if recorder is not None:
+        if recorder is not None and recorder.macs is not None:
             recorder.count(conv, weight.shape[0], weight.shape[1], y)
         return y
 
