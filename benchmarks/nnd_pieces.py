@@ -5,7 +5,7 @@ acceleration", "Why, measured"):
 
 1. a small op alone and after a cache flush: the mean of a 512x7x7 map, timed warm and after writing 80 MB;
 2. at 100% open, batch 1, for each network and thread count: per forward, the time of the controllers
-   (``logits_of_map``, the fused op) and of the gated layers in all, on the skipping path and on plain;
+   (``gates_of_map``, the fused op) and of the gated layers in all, on the skipping path and on plain;
 3. the controller in place, batch 1, 1 thread: the fused op against the composition it replaces (mean, two
    Linears, ReLU), each computed in every gated layer of a forward, in both orders.
 All wall clock, medians or sums over 20 forwards after 3 of warm-up.
@@ -73,7 +73,7 @@ def controller_in_place(net, images, order):
 
     def forward_skip(self, x, plain=False):
         c = self.controller
-        ways = {"fused": lambda: c.logits_of_map(x.values, x.index),
+        ways = {"fused": lambda: c.gates_of_map(x.values, x.index),
                 "composition": lambda: c.logits_from_pooled(x.values.mean(dim=(2, 3)), x.index)}
         for name in order:
             start = time.perf_counter()
@@ -98,7 +98,7 @@ def main():
     torch.set_num_threads(1)
     print("mean of a 512x7x7 map, us:", {k: round(v, 1) for k, v in small_op_cold().items()})
     images = torch.randn(1, 3, 224, 224)
-    wrap = [(ArchitectureController, "logits_of_map", "controllers"), (gated.GatedConv, "forward_skip", "gated layers"),
+    wrap = [(ArchitectureController, "gates_of_map", "controllers"), (gated.GatedConv, "forward_skip", "gated layers"),
             (skip.FoldedConv, "__call__", "folded convs")]
     for name in ("resnet18", "resnet50"):
         base, nets = nets_by_share(name, [1.0])

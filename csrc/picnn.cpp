@@ -48,6 +48,10 @@ TORCH_LIBRARY(picnn, m) {
   // NND's controller at inference, fused: W2 relu(W1 mean_positions(x) + b1) + b2 (no autograd kernel);
   // x (B, C, *S), or (B, C) already pooled.
   m.def("controller_logits(Tensor x, Tensor weight1, Tensor bias1, Tensor weight2, Tensor bias2) -> Tensor");
+  // The same z, with the pattern the skipping path reads: (z, open (K,) uint8: some sample has z > 0,
+  // mixed () bool: some sample closes a filter that another opens).
+  m.def("controller_gates(Tensor x, Tensor weight1, Tensor bias1, Tensor weight2, Tensor bias2)"
+        " -> (Tensor, Tensor, Tensor)");
   // The skipping path's activation with the next controller's pooling: x <- relu(x + residual) in place,
   // returns the mean over positions of the result, (B, C) (no autograd kernel).
   m.def("relu_mean_(Tensor(a!) x, Tensor? residual) -> Tensor");

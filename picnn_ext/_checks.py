@@ -124,10 +124,9 @@ def check_sample_class_backward_args(grad_onehot, logits) -> None:
     check_grad_like(grad_onehot, logits, op, "grad_onehot", "logits")
 
 
-def check_controller_args(x, weight1, bias1, weight2, bias2) -> None:
-    """As csrc/cpu/controller_cpu.cpp, except that every float dtype is taken (the compiled kernel takes
-    float32 and float64; picnn_ext.ops.controller_logits sends the others here)."""
-    op = "controller_logits"
+def check_controller_args(x, weight1, bias1, weight2, bias2, op: str = "controller_logits") -> None:
+    """As csrc/cpu/controller_cpu.cpp, except that every float dtype is taken (the compiled kernels take
+    float32 and float64; picnn_ext.ops.controller_logits and controller_gates send the others here)."""
     check_float_tensor(x, op, "x")
     if x.dim() < 2:
         raise ValueError(f"{op}: x must be (B, C, *spatial), or (B, C) already pooled, got shape {list(x.shape)}")

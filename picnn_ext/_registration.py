@@ -27,11 +27,13 @@ SCHEMAS = {
     "philox_uniform": "philox_uniform(Tensor like, int seed, int offset) -> Tensor",
     "controller_logits": "controller_logits(Tensor x, Tensor weight1, Tensor bias1, Tensor weight2, Tensor bias2) "
                          "-> Tensor",
+    "controller_gates": "controller_gates(Tensor x, Tensor weight1, Tensor bias1, Tensor weight2, Tensor bias2) "
+                        "-> (Tensor, Tensor, Tensor)",
     "relu_mean_": "relu_mean_(Tensor(a!) x, Tensor? residual) -> Tensor",
 }
 
 # Ops whose compiled kernel exists for the CPU only: the pure-PyTorch kernel serves their other devices.
-CPU_ONLY_OPS = ("controller_logits", "relu_mean_")
+CPU_ONLY_OPS = ("controller_logits", "controller_gates", "relu_mean_")
 
 PYTHON_KERNELS = {
     "bernoulli_gate": reference.bernoulli_gate,
@@ -40,6 +42,7 @@ PYTHON_KERNELS = {
     "sample_class_backward": reference.sample_class_backward,
     "philox_uniform": reference.philox_uniform,
     "controller_logits": reference.controller_logits,
+    "controller_gates": reference.controller_gates,
     "relu_mean_": reference.relu_mean_,
 }
 
@@ -85,6 +88,12 @@ def _fake_controller_logits(x, weight1, bias1, weight2, bias2):
     return x.new_empty((x.shape[0], weight2.shape[0]))
 
 
+def _fake_controller_gates(x, weight1, bias1, weight2, bias2):
+    check_controller_args(x, weight1, bias1, weight2, bias2, op="controller_gates")
+    return (x.new_empty((x.shape[0], weight2.shape[0])), x.new_empty((weight2.shape[0],), dtype=torch.uint8),
+            x.new_empty((), dtype=torch.bool))
+
+
 def _fake_relu_mean_(x, residual):
     check_relu_mean_args(x, residual)
     return x.new_empty((x.shape[0], x.shape[1]))
@@ -97,6 +106,7 @@ FAKE_KERNELS = {
     "sample_class_backward": _fake_sample_class_backward,
     "philox_uniform": _fake_philox_uniform,
     "controller_logits": _fake_controller_logits,
+    "controller_gates": _fake_controller_gates,
     "relu_mean_": _fake_relu_mean_,
 }
 

@@ -17,7 +17,8 @@ import torch
 from . import _ext, _registration, reference
 from ._checks import check_tensor
 
-__all__ = ["bernoulli_gate", "sample_class", "philox_uniform", "controller_logits", "relu_mean_", "backend_for"]
+__all__ = ["bernoulli_gate", "sample_class", "philox_uniform", "controller_logits", "controller_gates", "relu_mean_",
+           "backend_for"]
 
 _registration.define_python_namespace("picnn_py")
 if _ext.CPU_LIBRARY.loaded:
@@ -118,6 +119,21 @@ def controller_logits(x: torch.Tensor, weight1: torch.Tensor, bias1: torch.Tenso
     if wants_grad or x.dtype not in _COMPILED_CONTROLLER_DTYPES:
         return reference.controller_logits(x, weight1, bias1, weight2, bias2)
     return _ops(x, "controller_logits", "x").controller_logits(x, weight1, bias1, weight2, bias2)
+
+
+def controller_gates(x: torch.Tensor, weight1: torch.Tensor, bias1: torch.Tensor, weight2: torch.Tensor,
+                     bias2: torch.Tensor):
+    """``(z, open, mixed)``: z as :func:`controller_logits`, and what NND's skipping path reads of it on the
+    host, counted in the same call: ``open`` (K,) uint8, 1 where some sample's gate is open (z > 0), the
+    filters to compute; ``mixed``, a bool scalar tensor: some sample closes a filter that another opens.
+    Inference only (z carries no gradient from the compiled kernel; the composition runs where one is wanted).
+    """
+    check_tensor(x, "controller_gates", "x")
+    wants_grad = torch.is_grad_enabled() and any(
+        isinstance(t, torch.Tensor) and t.requires_grad for t in (x, weight1, bias1, weight2, bias2))
+    if wants_grad or x.dtype not in _COMPILED_CONTROLLER_DTYPES:
+        return reference.controller_gates(x, weight1, bias1, weight2, bias2)
+    return _ops(x, "controller_gates", "x").controller_gates(x, weight1, bias1, weight2, bias2)
 
 
 def relu_mean_(x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:

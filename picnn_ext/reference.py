@@ -186,6 +186,17 @@ def controller_logits(x: torch.Tensor, weight1: torch.Tensor, bias1: torch.Tenso
     return torch.nn.functional.linear(torch.relu(torch.nn.functional.linear(u, weight1, bias1)), weight2, bias2)
 
 
+def controller_gates(x: torch.Tensor, weight1: torch.Tensor, bias1: torch.Tensor, weight2: torch.Tensor,
+                     bias2: torch.Tensor):
+    """(z, open, mixed): z as controller_logits; open (K,) uint8, 1 where some sample has z > 0; mixed, a bool
+    scalar: some sample closes a filter that another opens."""
+    check_controller_args(x, weight1, bias1, weight2, bias2, op="controller_gates")
+    z = controller_logits(x, weight1, bias1, weight2, bias2)
+    gate = z.detach() > 0
+    some, every = gate.any(dim=0), gate.all(dim=0)
+    return z, some.to(torch.uint8), (some & ~every).any()
+
+
 def relu_mean_(x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
     """x <- relu(x + residual) in place; returns its mean over the positions, (B, C)."""
     check_relu_mean_args(x, residual)

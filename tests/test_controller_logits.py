@@ -86,3 +86,45 @@ def test_bad_input_names_the_argument(backend, change, error, message):
     args = change(dict(x=x, weight1=w1, bias1=b1, weight2=w2, bias2=b2))
     with pytest.raises(error, match=message):
         backend.ops.controller_logits(**args)
+
+
+# ---- controller_gates: the same z, and the pattern the skipping path reads ----
+
+def expected_pattern(z):
+    gate = z.cpu() > 0
+    some, every = gate.any(dim=0), gate.all(dim=0)
+    return some.to(torch.uint8), bool((some & ~every).any())
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize("shape, hidden, filters", [((1, 3, 224, 224), 16, 64), ((7, 64, 7, 7), 16, 64),
+                                                    ((5, 37, 3, 5), 9, 41), ((0, 4, 2, 2), 1, 4), ((4, 300), 8, 96)])
+def test_gates_are_the_logits_and_their_pattern(backend, dtype, shape, hidden, filters):
+    x, *params = make(shape, hidden, filters, dtype, backend.device, seed=3)
+    z, is_open, mixed = backend.ops.controller_gates(x, *params)
+    torch.testing.assert_close(z, backend.ops.controller_logits(x, *params), atol=0, rtol=0)
+    assert is_open.shape == (filters,) and is_open.dtype == torch.uint8 and is_open.device == x.device
+    assert mixed.shape == () and mixed.dtype == torch.bool
+    expected_open, expected_mixed = expected_pattern(z)
+    assert torch.equal(is_open.cpu(), expected_open)
+    assert bool(mixed) == expected_mixed
+    if shape[0] > 1:  # random inputs: some filter is open for some samples only
+        assert expected_mixed
+
+
+@pytest.mark.parametrize("batch", [1, 4])
+def test_gates_of_inputs_that_agree_are_not_mixed(backend, batch):
+    """W1 = 0: every sample has the same z = W2 relu(b1) + b2, so no filter is open for some samples only,
+    and the pattern is that of the biases'."""
+    x, w1, b1, w2, b2 = make((batch, 6, 3, 3), 4, 10, torch.float64, backend.device, seed=4)
+    w1 = torch.zeros_like(w1)
+    z, is_open, mixed = backend.ops.controller_gates(x, w1, b1, w2, b2)
+    expected = ((w2 @ b1.relu() + b2) > 0).to(torch.uint8)
+    assert torch.equal(is_open, expected) and 0 < int(expected.sum()) < 10
+    assert not bool(mixed)
+
+
+def test_gates_bad_input_names_the_op_and_the_argument(backend):
+    x, w1, b1, w2, b2 = make((2, 4, 3, 3), 3, 5, torch.float32, backend.device)
+    with pytest.raises(ValueError, match="controller_gates: weight1 must be \\(hidden, C\\)"):
+        backend.ops.controller_gates(x, w1[:, :3], b1, w2, b2)

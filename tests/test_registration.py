@@ -49,10 +49,22 @@ def opcheck_cases(device):
         ("sample_class", (logits, torch.rand(4, device=device), None)),
         ("sample_class_backward", (torch.randn(4, 6, device=device), logits.detach())),
         ("philox_uniform", (torch.empty(3, 5, device=device), 9, 4)),
+        # NND's inference ops (no gradient): the controller, its gates, and the activation with its means
+        ("controller_logits", controller_args(device)),
+        ("controller_gates", controller_args(device)),
+        ("relu_mean_", (torch.randn(3, 5, 4, 4, device=device), torch.randn(3, 5, 4, 4, device=device))),
+        ("relu_mean_", (torch.randn(3, 5, 4, 4, device=device).contiguous(memory_format=torch.channels_last), None)),
     ]
 
 
-@pytest.mark.parametrize("index", range(8))
+def controller_args(device):
+    generator = torch.Generator().manual_seed(0)
+    x, w1, b1, w2, b2 = (torch.randn(shape, generator=generator) for shape in ((3, 5, 4, 4), (2, 5), (2,), (6, 2),
+                                                                                (6,)))
+    return tuple(t.to(device) for t in (x, w1, b1, w2, b2))
+
+
+@pytest.mark.parametrize("index", range(12))
 def test_opcheck(backend, index):
     name, args = opcheck_cases(backend.device)[index]
     torch.library.opcheck(getattr(backend.ops, name).default, args)

@@ -1,4 +1,5 @@
-// NND's architecture controller at inference, fused (DESIGN.md section 5):
+// NND's architecture controller at inference, fused (DESIGN.md section 5), and the same with the gate pattern the
+// skipping path reads (controller_gates):
 //   z = W2 relu(W1 mean_positions(x) + b1) + b2,  x (B, C, *S), W1 (H, C), b1 (H), W2 (K, H), b2 (K).
 // x may be (B, C), the pooled input u itself, when the activation that wrote the map computed its means
 // (relu_mean_cpu.cpp).
@@ -13,6 +14,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <tuple>
 #include <vector>
 
 #include "../common/checks.h"
@@ -45,9 +47,8 @@ PICNN_MULTIVERSION void row_add(scalar_t* acc, const scalar_t* x, int64_t n) {
   for (int64_t i = 0; i < n; ++i) acc[i] += x[i];
 }
 
-void check_controller_args(const at::Tensor& x, const at::Tensor& weight1, const at::Tensor& bias1,
+void check_controller_args(const char* op, const at::Tensor& x, const at::Tensor& weight1, const at::Tensor& bias1,
                            const at::Tensor& weight2, const at::Tensor& bias2) {
-  constexpr const char* op = "controller_logits";
   TORCH_CHECK_VALUE(x.dim() >= 2, op, ": x must be (B, C, *spatial), or (B, C) already pooled, got shape ",
                     x.sizes());
   TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, op,
@@ -72,9 +73,9 @@ void check_controller_args(const at::Tensor& x, const at::Tensor& weight1, const
                     weight2.size(0), ",), got shape ", bias2.sizes());
 }
 
-at::Tensor controller_logits_cpu(const at::Tensor& x_in, const at::Tensor& weight1_in, const at::Tensor& bias1_in,
-                                 const at::Tensor& weight2_in, const at::Tensor& bias2_in) {
-  check_controller_args(x_in, weight1_in, bias1_in, weight2_in, bias2_in);
+at::Tensor logits(const char* op, const at::Tensor& x_in, const at::Tensor& weight1_in, const at::Tensor& bias1_in,
+                  const at::Tensor& weight2_in, const at::Tensor& bias2_in) {
+  check_controller_args(op, x_in, weight1_in, bias1_in, weight2_in, bias2_in);
   const int64_t batch = x_in.size(0), channels = x_in.size(1);
   const int64_t positions = channels == 0 || batch == 0 ? 0 : x_in.numel() / (batch * channels);
   // channels_last 4-D maps are read as (B, S, C) rows; everything else as (B, C, S).
@@ -147,8 +148,42 @@ at::Tensor controller_logits_cpu(const at::Tensor& x_in, const at::Tensor& weigh
   return z;
 }
 
+at::Tensor controller_logits_cpu(const at::Tensor& x, const at::Tensor& weight1, const at::Tensor& bias1,
+                                 const at::Tensor& weight2, const at::Tensor& bias2) {
+  return logits("controller_logits", x, weight1, bias1, weight2, bias2);
+}
+
+// z, and what the skipping path reads of it on the host: open[k] = 1 where some sample's z > 0 (the filters
+// to compute, a K-byte pattern that is the caches' key as it stands), and mixed = whether some sample closes
+// a filter that another opens (then the computed map is multiplied by the gate). Counted here, in the pass
+// that wrote z, rather than by numpy on the host: between two convs each numpy call runs from cold caches.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> controller_gates_cpu(const at::Tensor& x, const at::Tensor& weight1,
+                                                                    const at::Tensor& bias1, const at::Tensor& weight2,
+                                                                    const at::Tensor& bias2) {
+  at::Tensor z = logits("controller_gates", x, weight1, bias1, weight2, bias2);
+  const int64_t batch = z.size(0), filters = z.size(1);
+  at::Tensor open = at::empty({filters}, z.options().dtype(at::kByte));
+  at::Tensor mixed = at::empty({}, z.options().dtype(at::kBool));
+  bool any_mixed = false;
+  AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "controller_gates_cpu", [&] {
+    const scalar_t* zp = z.const_data_ptr<scalar_t>();
+    uint8_t* open_p = open.mutable_data_ptr<uint8_t>();
+    for (int64_t k = 0; k < filters; ++k) {
+      int64_t opened = 0;
+      for (int64_t b = 0; b < batch; ++b) opened += zp[b * filters + k] > scalar_t(0);
+      open_p[k] = opened > 0;
+      any_mixed = any_mixed || (opened > 0 && opened < batch);
+    }
+  });
+  *mixed.mutable_data_ptr<bool>() = any_mixed;
+  return {z, open, mixed};
+}
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(picnn, CPU, m) { m.impl("controller_logits", &controller_logits_cpu); }
+TORCH_LIBRARY_IMPL(picnn, CPU, m) {
+  m.impl("controller_logits", &controller_logits_cpu);
+  m.impl("controller_gates", &controller_gates_cpu);
+}
 
 }  // namespace picnn

@@ -72,7 +72,7 @@ class GatedConv(nn.Module):
         self.folded = FoldedConv(conv, self.bn)
         self._controller_columns = PatternCache()
         self._open_index = PatternCache()
-        self._all_open_key = bytes([1]) * conv.out_channels  # numpy's bytes of an all-True bool pattern
+        self._all_open_key = bytes([1]) * conv.out_channels  # the pattern of every filter open
 
     @property
     def out_channels(self) -> int:
@@ -116,32 +116,23 @@ class GatedConv(nn.Module):
             weight1 = self._controller_columns.get((controller.fc1.weight,), x.key,
                                                    lambda: controller.fc1.weight.index_select(1, x.index))
         # The pooled input when the previous activation computed it, else the map itself.
-        z = controller.logits_of_map(x.values if x.means is None else x.means, x.index, weight1=weight1)
-        # The one host read of the layer: the gates, as numpy (on the CPU a view of z, on a GPU the layer's one
-        # synchronisation), from which numpy counts how many samples open each filter: the pattern, and
-        # whether a sample closes a filter of the union. numpy, not torch, for these few tiny steps: between
-        # two convs each torch op costs 10-20 us of cold dispatch, which at batch 1 adds up to several
-        # percent of ResNet-18's time.
-        z_host = z if z.device.type == "cpu" else z.cpu()
-        if z_host.dtype not in (torch.float32, torch.float64):
-            z_host = z_host.float()
-        gate_host = z_host.numpy() > 0
-        batch = len(gate_host)
-        if batch == 1:
-            is_open = gate_host[0]
-        else:
-            counts = gate_host.sum(axis=0)
-            is_open = counts > 0
-        out_key = is_open.tobytes()  # one byte per filter, 1 where open: the pattern, as the caches' key
-        if out_key == self._all_open_key:  # a bytes comparison, cheaper than numpy's all() on the hot path
+        z, is_open, mixed = controller.gates_of_map(x.values if x.means is None else x.means, x.index,
+                                                    weight1=weight1)
+        # The one host read of the layer: the K-byte pattern of the filters some sample opens, counted by the
+        # controller's own call (on the CPU a view; on a GPU the layer's one synchronisation). Its bytes are
+        # the caches' key: a bytes comparison says "all open", not a numpy reduction, for between two convs
+        # every call runs from cold caches.
+        open_host = (is_open if is_open.device.type == "cpu" else is_open.cpu()).numpy()
+        out_key = open_host.tobytes()
+        if out_key == self._all_open_key:
             out_key = out_index = None
         else:
             # keyed by device too: after model.to(device) the kept index must be the new device's
             out_index = self._open_index.get((), (out_key, z.device),
-                                             lambda: torch.from_numpy(np.flatnonzero(is_open)).to(z.device))
+                                             lambda: torch.from_numpy(np.flatnonzero(open_host)).to(z.device))
         y, means = self._activate(self.folded(x, out_key, out_index, recorder), act)
         gate = None
-        if batch > 1 and (counts[is_open] < batch).any():  # a sample closes a filter of the union
+        if len(z) > 1 and bool(mixed):  # a sample closes a filter of the union
             gate = z > 0
             open_gate = (gate if out_index is None else gate.index_select(1, out_index)).to(y.dtype)
             y = y.mul_(open_gate[:, :, None, None])

@@ -8,8 +8,8 @@ decided from the layer's input.
 ``u = GAP(layer_input)``, ``z = W2 relu(W1 u + b1) + b2``. In training the gate is a hard Bernoulli draw
 with ``p = sigmoid(z)`` and a straight-through gradient to ``p`` (``picnn_ext.ops.bernoulli_gate``); in eval
 mode it is ``z > 0``, with no randomness. Because the gate is known before the layer's conv runs, a gated-off
-filter need not be computed at inference (:meth:`logits_from_pooled` serves the skipping path, which reads
-only the open input channels).
+filter need not be computed at inference (:meth:`gates_of_map` serves the skipping path, which reads only
+the open input channels).
 
 The authors (Li et al., arXiv 1906.01166) binarise ``z`` with *improved semantic hashing*: in training,
 Gaussian noise is added to ``z``, and with probability 1/2 per step the gate is the hard threshold of the
@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops import bernoulli_gate, controller_logits
+from ..ops import bernoulli_gate, controller_gates
 
 __all__ = ["ArchitectureController"]
 
@@ -74,14 +74,19 @@ class ArchitectureController(nn.Module):
         hidden = F.relu(F.linear(u, weight1, self.fc1.bias))
         return self.fc2(hidden)
 
-    def logits_of_map(self, x: torch.Tensor, in_index: torch.Tensor | None = None, *,
-                      weight1: torch.Tensor | None = None) -> torch.Tensor:
-        """z from the layer's input map itself, (B, n, *spatial) holding the channels ``in_index`` (None: all),
-        in one fused call (``picnn_ext.ops.controller_logits``): the skipping path's controller.
-        ``weight1``: fc1's columns of those channels, when the caller keeps them."""
+    def gates_of_map(self, x: torch.Tensor, in_index: torch.Tensor | None = None, *,
+                     weight1: torch.Tensor | None = None):
+        """``(z, open, mixed)`` from the layer's input map itself, (B, n, *spatial) holding the channels
+        ``in_index`` (None: all), or from its pooled (B, n), in one fused call (``picnn_ext.ops.controller_gates``):
+        the skipping path's controller. ``open`` (out_channels,) uint8 marks the filters some sample opens,
+        ``mixed`` whether a sample closes one that another opens. ``weight1``: fc1's columns of those
+        channels, when the caller keeps them. The parameters are read from the modules' dicts: this runs once
+        per layer between two convs, from cold caches, where each nn.Module attribute lookup costs
+        microseconds."""
+        fc1, fc2 = self._modules["fc1"]._parameters, self._modules["fc2"]._parameters
         if weight1 is None:
-            weight1 = self.fc1.weight if in_index is None else self.fc1.weight.index_select(1, in_index)
-        return controller_logits(x, weight1, self.fc1.bias, self.fc2.weight, self.fc2.bias)
+            weight1 = fc1["weight"] if in_index is None else fc1["weight"].index_select(1, in_index)
+        return controller_gates(x, weight1, fc1["bias"], fc2["weight"], fc2["bias"])
 
     def logits(self, layer_input: torch.Tensor) -> torch.Tensor:
         """z, (B, out_channels)."""
