@@ -18,33 +18,54 @@
 #include <vector>
 
 #include "../common/checks.h"
+#include "lane_sum.h"
 #include "multiversion.h"
 
 namespace picnn {
 namespace {
 
 // The loops, compiled for AVX2 and the baseline (multiversion.h says why: at::vec::Vectorized in an
-// extension built without -mavx2 is its scalar emulation, slower than the composition it replaces).
+// extension built without -mavx2 is its scalar emulation, slower than the composition it replaces); each
+// holds its row loop, since rows of 1 (a pooled input) or 49 (a 7x7 map) would otherwise cost a call each,
+// and sums in independent lanes (lane_sum.h says why).
+
+// means[r] = mean of row r, over `rows` rows of n.
 template <typename scalar_t>
-PICNN_MULTIVERSION scalar_t row_sum(const scalar_t* x, int64_t n) {
-  scalar_t sum = 0;
-#pragma omp simd reduction(+ : sum)
-  for (int64_t i = 0; i < n; ++i) sum += x[i];
-  return sum;
+PICNN_MULTIVERSION void row_means(scalar_t* means, const scalar_t* x, int64_t rows, int64_t n, scalar_t inv_n) {
+  if (n == 1) {  // the pooled input itself
+    for (int64_t r = 0; r < rows; ++r) means[r] = x[r];
+    return;
+  }
+  for (int64_t r = 0; r < rows; ++r, x += n) {
+    means[r] = lane_sum<scalar_t>(n, [x](int64_t i) { return x[i]; }) * inv_n;
+  }
 }
 
+// out[b * out_stride + j] = w_j . in_b + bias[j] (with a ReLU if relu) for the rows j in [begin, end) of w
+// (cols wide) and every sample b: a row of the weight is read once for all samples.
 template <typename scalar_t>
-PICNN_MULTIVERSION scalar_t row_dot(const scalar_t* a, const scalar_t* b, int64_t n) {
-  scalar_t sum = 0;
-#pragma omp simd reduction(+ : sum)
-  for (int64_t i = 0; i < n; ++i) sum += a[i] * b[i];
-  return sum;
+PICNN_MULTIVERSION void linear_rows(scalar_t* out, const scalar_t* w, const scalar_t* bias, const scalar_t* in,
+                                    int64_t batch, int64_t cols, int64_t out_stride, int64_t begin, int64_t end,
+                                    bool relu) {
+  for (int64_t j = begin; j < end; ++j) {
+    const scalar_t* row = w + j * cols;
+    for (int64_t b = 0; b < batch; ++b) {
+      const scalar_t* sample = in + b * cols;
+      scalar_t value = lane_sum<scalar_t>(cols, [row, sample](int64_t i) { return row[i] * sample[i]; }) + bias[j];
+      out[b * out_stride + j] = relu && value < scalar_t(0) ? scalar_t(0) : value;
+    }
+  }
 }
 
+// acc[c] += x[s, c] over a (positions, channels) block: both loops in one call, so that a map with few channels
+// (an RGB image: 3) pays no call per position.
 template <typename scalar_t>
-PICNN_MULTIVERSION void row_add(scalar_t* acc, const scalar_t* x, int64_t n) {
+PICNN_MULTIVERSION void add_positions(scalar_t* acc, const scalar_t* x, int64_t positions, int64_t channels) {
+  for (int64_t s = 0; s < positions; ++s) {
+    const scalar_t* row = x + s * channels;
 #pragma omp simd
-  for (int64_t i = 0; i < n; ++i) acc[i] += x[i];
+    for (int64_t c = 0; c < channels; ++c) acc[c] += row[c];
+  }
 }
 
 void check_controller_args(const char* op, const at::Tensor& x, const at::Tensor& weight1, const at::Tensor& bias1,
@@ -106,7 +127,7 @@ at::Tensor logits(const char* op, const at::Tensor& x_in, const at::Tensor& weig
         for (int64_t b = begin; b < end; ++b) {
           scalar_t* ub = u.data() + b * channels;
           const scalar_t* sample = xp + b * channels * positions;
-          for (int64_t s = 0; s < positions; ++s) row_add(ub, sample + s * channels, channels);
+          add_positions(ub, sample, positions, channels);
           for (int64_t c = 0; c < channels; ++c) ub[c] *= inv_positions;
         }
       });
@@ -116,7 +137,7 @@ at::Tensor logits(const char* op, const at::Tensor& x_in, const at::Tensor& weig
                                 ? std::max<int64_t>(1, (1 << 16) / std::max<int64_t>(positions, 1))
                                 : std::max<int64_t>(rows, 1);
       at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
-        for (int64_t r = begin; r < end; ++r) u[r] = row_sum(xp + r * positions, positions) * inv_positions;
+        row_means(u.data() + begin, xp + begin * positions, end - begin, positions, inv_positions);
       });
     }
     // The two Linears, a weight row a task and every sample against it, so that each row is read once per
@@ -130,19 +151,10 @@ at::Tensor logits(const char* op, const at::Tensor& x_in, const at::Tensor& weig
     };
     std::vector<scalar_t> h(batch * hidden);
     at::parallel_for(0, hidden, grain_of(hidden, channels), [&](int64_t begin, int64_t end) {
-      for (int64_t j = begin; j < end; ++j) {
-        for (int64_t b = 0; b < batch; ++b) {
-          h[b * hidden + j] = std::max(row_dot(w1 + j * channels, u.data() + b * channels, channels) + b1[j],
-                                       scalar_t(0));
-        }
-      }
+      linear_rows(h.data(), w1, b1, u.data(), batch, channels, hidden, begin, end, /*relu=*/true);
     });
     at::parallel_for(0, filters, grain_of(filters, hidden), [&](int64_t begin, int64_t end) {
-      for (int64_t k = begin; k < end; ++k) {
-        for (int64_t b = 0; b < batch; ++b) {
-          zp[b * filters + k] = row_dot(w2 + k * hidden, h.data() + b * hidden, hidden) + b2[k];
-        }
-      }
+      linear_rows(zp, w2, b2, h.data(), batch, hidden, filters, begin, end, /*relu=*/false);
     });
   });
   return z;

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "../common/checks.h"
+#include "lane_sum.h"
 #include "multiversion.h"
 
 namespace picnn {
@@ -27,47 +28,55 @@ namespace {
 // grain here, so that the plain network, which runs this op too, loses nothing against torch.relu_.
 constexpr int64_t kGrainElements = at::internal::GRAIN_SIZE;
 
-// x[i] = max(x[i] + r[i], 0) over a row, and the row's sum (r may be null). Compiled for AVX2 and the
-// baseline (multiversion.h says why).
+// Over `rows` rows of n: x[i] = max(x[i] + r[i], 0), and each row's mean into means[row] (r may be null).
+// The row loop is inside the call: a 7x7 map is rows of 49, where a call per row would cost as much as the row.
+// Compiled for AVX2 and the baseline (multiversion.h says why).
 template <typename scalar_t>
-PICNN_MULTIVERSION scalar_t relu_row(scalar_t* x, const scalar_t* r, int64_t n) {
-  scalar_t sum = 0;
-  if (r == nullptr) {
-#pragma omp simd reduction(+ : sum)
-    for (int64_t i = 0; i < n; ++i) {
-      const scalar_t v = x[i] > scalar_t(0) ? x[i] : scalar_t(0);
-      x[i] = v;
-      sum += v;
+PICNN_MULTIVERSION void relu_rows(scalar_t* x, const scalar_t* r, scalar_t* means, int64_t rows, int64_t n,
+                                  scalar_t inv_n) {
+  for (int64_t row = 0; row < rows; ++row, x += n) {
+    scalar_t sum;
+    if (r == nullptr) {
+      sum = lane_sum<scalar_t>(n, [x](int64_t i) {
+        const scalar_t v = x[i] > scalar_t(0) ? x[i] : scalar_t(0);
+        x[i] = v;
+        return v;
+      });
+    } else {
+      sum = lane_sum<scalar_t>(n, [x, r](int64_t i) {
+        const scalar_t t = x[i] + r[i];
+        const scalar_t v = t > scalar_t(0) ? t : scalar_t(0);
+        x[i] = v;
+        return v;
+      });
+      r += n;
     }
-  } else {
-#pragma omp simd reduction(+ : sum)
-    for (int64_t i = 0; i < n; ++i) {
-      const scalar_t s = x[i] + r[i];
-      const scalar_t v = s > scalar_t(0) ? s : scalar_t(0);
-      x[i] = v;
-      sum += v;
-    }
+    means[row] = sum * inv_n;
   }
-  return sum;
 }
 
-// The same for a channels_last position: x[c] = max(x[c] + r[c], 0), acc[c] += x[c].
+// The same for channels_last positions, (positions, n) rows: x[s, c] = max(x[s, c] + r[s, c], 0),
+// acc[c] += x[s, c]; both loops in one call, so that few channels pay no call per position.
 template <typename scalar_t>
-PICNN_MULTIVERSION void relu_accumulate(scalar_t* x, const scalar_t* r, scalar_t* acc, int64_t n) {
-  if (r == nullptr) {
+PICNN_MULTIVERSION void relu_accumulate(scalar_t* x, const scalar_t* r, scalar_t* acc, int64_t positions,
+                                        int64_t n) {
+  for (int64_t s = 0; s < positions; ++s, x += n) {
+    if (r == nullptr) {
 #pragma omp simd
-    for (int64_t i = 0; i < n; ++i) {
-      const scalar_t v = x[i] > scalar_t(0) ? x[i] : scalar_t(0);
-      x[i] = v;
-      acc[i] += v;
-    }
-  } else {
+      for (int64_t i = 0; i < n; ++i) {
+        const scalar_t v = x[i] > scalar_t(0) ? x[i] : scalar_t(0);
+        x[i] = v;
+        acc[i] += v;
+      }
+    } else {
 #pragma omp simd
-    for (int64_t i = 0; i < n; ++i) {
-      const scalar_t s = x[i] + r[i];
-      const scalar_t v = s > scalar_t(0) ? s : scalar_t(0);
-      x[i] = v;
-      acc[i] += v;
+      for (int64_t i = 0; i < n; ++i) {
+        const scalar_t t = x[i] + r[i];
+        const scalar_t v = t > scalar_t(0) ? t : scalar_t(0);
+        x[i] = v;
+        acc[i] += v;
+      }
+      r += n;
     }
   }
 }
@@ -115,10 +124,9 @@ at::Tensor relu_mean_cpu(at::Tensor& x, const std::optional<at::Tensor>& residua
     if (!channels_innermost) {  // (B*C rows, S): one row's sum per task, rows split over the threads
       const int64_t grain = std::max<int64_t>(1, kGrainElements / positions);
       at::parallel_for(0, batch * channels, grain, [&](int64_t begin, int64_t end) {
-        for (int64_t row = begin; row < end; ++row) {
-          const int64_t offset = row * positions;
-          mp[row] = relu_row(xp + offset, rp == nullptr ? nullptr : rp + offset, positions) * inv_positions;
-        }
+        const int64_t offset = begin * positions;
+        relu_rows(xp + offset, rp == nullptr ? nullptr : rp + offset, mp + begin, end - begin, positions,
+                  inv_positions);
       });
       return;
     }
@@ -128,10 +136,12 @@ at::Tensor relu_mean_cpu(at::Tensor& x, const std::optional<at::Tensor>& residua
     const int64_t grain = std::max<int64_t>(1, kGrainElements / channels);
     at::parallel_for(0, batch * positions, grain, [&](int64_t begin, int64_t end) {
       scalar_t* acc = partial.data() + static_cast<int64_t>(at::get_thread_num()) * batch * channels;
-      for (int64_t i = begin; i < end; ++i) {
+      // [begin, end) may span samples: one call per sample's part of it.
+      for (int64_t i = begin; i < end;) {
+        const int64_t b = i / positions, stop = std::min(end, (b + 1) * positions);
         const int64_t offset = i * channels;
-        relu_accumulate(xp + offset, rp == nullptr ? nullptr : rp + offset, acc + (i / positions) * channels,
-                        channels);
+        relu_accumulate(xp + offset, rp == nullptr ? nullptr : rp + offset, acc + b * channels, stop - i, channels);
+        i = stop;
       }
     });
     for (int64_t t = 0; t < threads; ++t) {
