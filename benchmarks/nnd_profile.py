@@ -39,23 +39,22 @@ def _wrapped(module, label):
     return forward_skip
 
 
-def profile_layers(net, images: torch.Tensor, channels_last: bool = False, rounds: int = 5):
+def profile_layers(net, images: torch.Tensor, memory_format=None, rounds: int = 5):
     """{"layers": [{name, total_ms, conv_ms, rest_ms}], "total_ms", "conv_ms"}: medians over ``rounds``
-    profiled calls of ``net.forward_skip(images)``; a block's row is its own part (its units have theirs)."""
-    if channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
+    profiled calls of ``net.forward_skip(images, memory_format=memory_format)``; a block's row is its own
+    part (its units have theirs)."""
     names = {}
     for name, module in net.body.named_modules():
         if isinstance(module, (GatedConv, GatedResidualBlock)):
             names[module] = _torchvision_name(name)
             module.forward_skip = _wrapped(module, f"nnd:{names[module]}")
     try:
-        net.forward_skip(images)  # warm-up: the pattern caches fill
+        net.forward_skip(images, memory_format=memory_format)  # warm-up: the pattern caches fill
         samples = []
         for _ in range(rounds):
             with profile(activities=[ProfilerActivity.CPU]) as prof:
                 with record_function("nnd:forward"):
-                    net.forward_skip(images)
+                    net.forward_skip(images, memory_format=memory_format)
             samples.append(_read(prof.events()))
     finally:
         for module in names:

@@ -41,6 +41,8 @@ from picnn_ext.models import decouple  # noqa: E402
 from picnn_ext.models.gated import GatedConv  # noqa: E402
 
 SHARES = (1.0, 0.75, 0.5, 0.25)
+# --memory-format: what forward_skip and forward_plain are told (None: their default, channels_last on the CPU)
+MEMORY_FORMATS = {"auto": None, "contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
 
 
 def set_open_share(net, share: float, seed: int = 0) -> None:
@@ -94,21 +96,22 @@ def time_call(call) -> float:
     return time.perf_counter() - start
 
 
-def measure_case(base, nets, images, rounds: int, channels_last: bool):
+def measure_case(base, nets, images, rounds: int, memory_format):
     """Median seconds of plain and of each skip@share, interleaved round by round, and the median of the
     per-round ratios plain / skip."""
-    if channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
-    calls = {"plain": lambda: base.forward_plain(images)}
+    calls = {"plain": lambda: base.forward_plain(images, memory_format=memory_format)}
     for share, net in nets.items():
-        calls[share] = (lambda n: lambda: n.forward_skip(images))(net)
+        calls[share] = (lambda n: lambda: n.forward_skip(images, memory_format=memory_format))(net)
     for call in calls.values():  # warm-up: the pattern caches fill, oneDNN picks its kernels
         call()
         call()
     times = {impl: [] for impl in calls}
-    for _ in range(rounds):
-        for impl, call in calls.items():
-            times[impl].append(time_call(call))
+    order = list(calls)
+    for round_index in range(rounds):
+        # every other round in reverse order, so that a drift of the machine's speed within a round (seen
+        # here: the same conv at 27 and at 37 ms, minutes apart) does not always favour the same path
+        for impl in (order if round_index % 2 == 0 else order[::-1]):
+            times[impl].append(time_call(calls[impl]))
     result = {"plain_ms": 1e3 * statistics.median(times["plain"])}
     for share in nets:
         ratios = [p / s for p, s in zip(times["plain"], times[share])]
@@ -188,8 +191,8 @@ def run(args):
             macs = macs_of(base, nets, checked)
             for threads in args.threads:
                 torch.set_num_threads(threads)
-                rounds = args.rounds or (9 if batch == 1 else 3)
-                measured = measure_case(base, nets, images, rounds, args.channels_last)
+                rounds = args.rounds or (15 if batch == 1 else 3)
+                measured = measure_case(base, nets, images, rounds, MEMORY_FORMATS[args.memory_format])
                 for share in args.shares:
                     plain_macs, skip_macs = macs[share]
                     rows.append(dict(model=name, batch=batch, threads=threads, share=share, rounds=rounds,
@@ -204,7 +207,7 @@ def run(args):
             torch.set_num_threads(1)
             share = 0.5 if 0.5 in nets else args.shares[-1]
             images = torch.randn(1, 3, args.size, args.size)
-            profiles[name] = profile_layers(nets[share], images, args.channels_last)
+            profiles[name] = profile_layers(nets[share], images, MEMORY_FORMATS[args.memory_format])
             profiles[name]["case"] = f"batch 1, 1 thread, {share:.0%} open"
     return rows, profiles, time.perf_counter() - started
 
@@ -242,8 +245,9 @@ def main(argv=None):
     parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--shares", nargs="+", type=float, default=list(SHARES))
     parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--rounds", type=int, default=0, help="rounds per case (default 9 at batch 1, else 3)")
-    parser.add_argument("--channels-last", action="store_true", help="channels_last images on both paths")
+    parser.add_argument("--rounds", type=int, default=0, help="rounds per case (default 15 at batch 1, else 3)")
+    parser.add_argument("--memory-format", choices=sorted(MEMORY_FORMATS), default="auto",
+                        help="the maps' layout on both paths (auto: the paths' default, channels_last on the CPU)")
     parser.add_argument("--profile", action="store_true", help="per-layer convs and rest, batch 1, 1 thread")
     parser.add_argument("--compile", action="store_true",
                         help="also torch.compile the skipping path and plain (first model, batch 1, 1 thread, 50%%)")
@@ -257,7 +261,7 @@ def main(argv=None):
         parser.error(f"--shares must lie in (0, 1], got {args.shares}")
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
           f"allocator: {allocator_regime()}; images {args.size} px, "
-          f"{'channels_last' if args.channels_last else 'contiguous'}", flush=True)
+          f"memory format {args.memory_format}", flush=True)
     rows, profiles, seconds = run(args)
     compiled = compile_check(args.models[0], 0.5, args.size) if args.compile else None
     print(f"total {seconds:.0f} s")
@@ -266,7 +270,7 @@ def main(argv=None):
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"allocator": allocator_regime(), "torch": torch.__version__, "seconds": seconds,
-                       "channels_last": args.channels_last, "rows": rows, "profiles": profiles,
+                       "memory_format": args.memory_format, "rows": rows, "profiles": profiles,
                        "compile": compiled}, f, indent=1)
     return 0 if all(row["met"] for row in rows) else 1
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from picnn_ext.models.decouple import skip_layout
 from picnn_ext.models.gated import GatedConv
 from picnn_ext.models.skip import Compact, PatternCache
 from test_nnd import NETWORKS, randomise
@@ -78,13 +79,32 @@ def test_plain_is_the_network_without_its_gates(name):
 
 
 @pytest.mark.parametrize("name", NETWORKS)
-def test_channels_last_gives_the_same_logits(name):
+def test_every_layout_gives_the_same_logits(name):
+    """The images as given in either layout, and the paths told to run in either (the default: channels_last
+    on the CPU), give the dense gated network's logits, skipping and plain alike."""
     torch.manual_seed(5)
-    net = randomise(NETWORKS[name][0]())
+    net = fixed_gates(randomise(NETWORKS[name][0]()), share=0.5)
     images = torch.randn(4, 3, 32, 32)
-    expected = net.forward_skip(images)
-    torch.testing.assert_close(net.forward_skip(images.contiguous(memory_format=torch.channels_last)), expected,
-                               atol=1e-5, rtol=1e-5)
+    expected = net(images).logits
+    for given in (images, images.contiguous(memory_format=torch.channels_last)):
+        for memory_format in (None, torch.contiguous_format, torch.channels_last, torch.preserve_format):
+            torch.testing.assert_close(net.forward_skip(given, memory_format=memory_format), expected, atol=1e-5,
+                                       rtol=1e-5)
+    plain = net.forward_plain(images, memory_format=torch.contiguous_format)
+    torch.testing.assert_close(net.forward_plain(images), plain, atol=1e-5, rtol=1e-5)
+
+
+def test_the_default_layout_is_channels_last_on_the_cpu_and_a_bad_one_is_named():
+    images = torch.randn(2, 3, 8, 8)
+    assert skip_layout(images, None, "op").is_contiguous(memory_format=torch.channels_last)
+    assert skip_layout(images, torch.contiguous_format, "op").is_contiguous()
+    tokens = torch.randn(2, 3, 8)  # not an image: left as it is
+    assert skip_layout(tokens, None, "op") is tokens
+    net = randomise(NETWORKS["resnet_basic"][0]())
+    with pytest.raises(ValueError, match="forward_skip: memory_format must be None, torch.contiguous_format"):
+        net.forward_skip(images, memory_format=torch.channels_last_3d)
+    with pytest.raises(ValueError, match="forward_plain: memory_format must be"):
+        net.forward_plain(images, memory_format="channels_last")
 
 
 def test_compact_dense_keeps_channels_last():
