@@ -57,11 +57,37 @@ PICNN_MULTIVERSION void linear_rows(scalar_t* out, const scalar_t* w, const scal
   }
 }
 
-// acc[c] += x[s, c] over a (positions, channels) block: both loops in one call, so that a map with few channels
-// (an RGB image: 3) pays no call per position.
+// acc[c] += x[s, c] over a channels_last (positions, channels) block. Few channels (an RGB image: 3) would make
+// a loop over c of 3, not a vector: the block is then read flat, in chunks of L = C * m >= kFlatLanes elements
+// that add into L lanes (lane j is channel j % C), folded into acc at the end (measured, a 3x224x224 image:
+// 144 us by positions, against 11 us for the same image's channels-first rows). Many channels go by
+// positions, four at a time, so that each lane of acc is loaded and stored once per four rows.
 template <typename scalar_t>
 PICNN_MULTIVERSION void add_positions(scalar_t* acc, const scalar_t* x, int64_t positions, int64_t channels) {
-  for (int64_t s = 0; s < positions; ++s) {
+  constexpr int64_t kFlatLanes = 64;
+  if (channels < kFlatLanes / 4) {
+    const int64_t per_chunk = (kFlatLanes + channels - 1) / channels;  // positions in a chunk
+    const int64_t lanes_used = per_chunk * channels;                   // < kFlatLanes + channels <= 80
+    scalar_t lanes[kFlatLanes + kFlatLanes / 4] = {};
+    int64_t s = 0;
+    for (; s + per_chunk <= positions; s += per_chunk) {
+      const scalar_t* chunk = x + s * channels;
+#pragma omp simd
+      for (int64_t j = 0; j < lanes_used; ++j) lanes[j] += chunk[j];
+    }
+    for (int64_t j = 0; j < lanes_used; ++j) acc[j % channels] += lanes[j];
+    for (; s < positions; ++s) {
+      for (int64_t c = 0; c < channels; ++c) acc[c] += x[s * channels + c];
+    }
+    return;
+  }
+  int64_t s = 0;
+  for (; s + 4 <= positions; s += 4) {
+    const scalar_t *r0 = x + s * channels, *r1 = r0 + channels, *r2 = r1 + channels, *r3 = r2 + channels;
+#pragma omp simd
+    for (int64_t c = 0; c < channels; ++c) acc[c] += (r0[c] + r1[c]) + (r2[c] + r3[c]);
+  }
+  for (; s < positions; ++s) {
     const scalar_t* row = x + s * channels;
 #pragma omp simd
     for (int64_t c = 0; c < channels; ++c) acc[c] += row[c];
