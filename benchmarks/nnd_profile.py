@@ -1,25 +1,22 @@
 """Where the skipping path's time goes, per layer: its convs and the rest (nnd_speed.py --profile).
 
-Each gated layer and each residual block's own part (its last conv, the downsample, the residual sum) is
-wrapped in a ``torch.profiler.record_function`` range; a range's conv time is the time of the
-``aten::conv2d`` calls inside it, the rest is everything else (the controller, the pattern's host read and
-cache lookup, the activation, the gate multiply, the dense copy). The profiler adds a few microseconds per
-op, which lands in the rest.
+Each gated layer and each residual block's own part (its last conv, the downsample, the residual sum and its
+ReLU) is timed with ``time.perf_counter`` around its ``forward_skip``, and so is every conv inside it
+(``torch.nn.functional.conv2d``, which the skipping path calls); a layer's rest is its time less its convs'
+(the controller, the pattern's host read and cache lookup, the activation with its means, the gate multiply,
+the dense copy), and a block's own part is its time less its units'. The timers add well under a
+microsecond a call; torch.profiler, which an earlier version used, added several per op and about doubled
+the rest of a ResNet-50.
 """
 from __future__ import annotations
 
+import time
+from collections import defaultdict
+
 import torch
-from torch.profiler import ProfilerActivity, profile, record_function
+import torch.nn.functional as F
 
 from picnn_ext.models.gated import GatedConv, GatedResidualBlock
-
-
-def _conv_time(event) -> float:
-    """Microseconds of the aten::conv2d calls under a profiler event."""
-    total = 0.0
-    for child in event.cpu_children:
-        total += child.cpu_time_total if child.name == "aten::conv2d" else _conv_time(child)
-    return total
 
 
 def _torchvision_name(name: str) -> str:
@@ -29,63 +26,79 @@ def _torchvision_name(name: str) -> str:
     return f"{first}.{rest}" if rest else first
 
 
-def _wrapped(module, label):
-    original = module.forward_skip
+class _Timers:
+    """Per layer: its wall time, the part of it its nested layers took, and its own convs' time."""
 
-    def forward_skip(x, plain=False):
-        with record_function(label):
-            return original(x, plain=plain)
+    def __init__(self):
+        self.stack = []
+        self.total = defaultdict(float)
+        self.nested = defaultdict(float)
+        self.conv = defaultdict(float)
 
-    return forward_skip
+    def layer(self, module, name):
+        original = module.forward_skip
+
+        def forward_skip(x, plain=False):
+            self.stack.append(name)
+            start = time.perf_counter()
+            try:
+                return original(x, plain=plain)
+            finally:
+                elapsed = time.perf_counter() - start
+                self.stack.pop()
+                self.total[name] += elapsed
+                if self.stack:
+                    self.nested[self.stack[-1]] += elapsed
+
+        return forward_skip
+
+    def conv2d(self, original):
+        def conv2d(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.conv[self.stack[-1] if self.stack else "forward"] += time.perf_counter() - start
+
+        return conv2d
+
+    def sample(self, names, forward_seconds):
+        """{name: (own ms, conv ms)} of one forward, and "forward": (the rest outside the layers, their convs)."""
+        times = {name: (1e3 * (self.total[name] - self.nested[name]), 1e3 * self.conv[name]) for name in names}
+        inside = sum(self.total[name] - self.nested[name] for name in names)
+        times["forward"] = (1e3 * (forward_seconds - inside), 1e3 * self.conv["forward"])
+        for table in (self.total, self.nested, self.conv):
+            table.clear()
+        return times
 
 
-def profile_layers(net, images: torch.Tensor, memory_format=None, rounds: int = 5):
+def profile_layers(net, images: torch.Tensor, memory_format=None, rounds: int = 5, plain: bool = False):
     """{"layers": [{name, total_ms, conv_ms, rest_ms}], "total_ms", "conv_ms"}: medians over ``rounds``
-    profiled calls of ``net.forward_skip(images, memory_format=memory_format)``; a block's row is its own
-    part (its units have theirs)."""
+    timed calls of ``net.forward_skip(images, memory_format=memory_format)`` (``plain``: of
+    ``net.forward_plain``, the same layers without their gates); a block's row is its own part (its units
+    have theirs)."""
+    forward = net.forward_plain if plain else net.forward_skip
+    timers = _Timers()
     names = {}
     for name, module in net.body.named_modules():
         if isinstance(module, (GatedConv, GatedResidualBlock)):
             names[module] = _torchvision_name(name)
-            module.forward_skip = _wrapped(module, f"nnd:{names[module]}")
+            module.forward_skip = timers.layer(module, names[module])
+    original_conv2d = F.conv2d
+    F.conv2d = timers.conv2d(original_conv2d)
     try:
-        net.forward_skip(images, memory_format=memory_format)  # warm-up: the pattern caches fill
+        forward(images, memory_format=memory_format)  # warm-up: the pattern caches fill
+        timers.sample(names.values(), 0.0)
         samples = []
         for _ in range(rounds):
-            with profile(activities=[ProfilerActivity.CPU]) as prof:
-                with record_function("nnd:forward"):
-                    net.forward_skip(images, memory_format=memory_format)
-            samples.append(_read(prof.events()))
+            start = time.perf_counter()
+            forward(images, memory_format=memory_format)
+            samples.append(timers.sample(names.values(), time.perf_counter() - start))
     finally:
+        F.conv2d = original_conv2d
         for module in names:
             del module.forward_skip  # back to the class's method
     return _median(samples, list(names.values()))
-
-
-def _read(events):
-    times = {}
-    for event in events:
-        if not event.name.startswith("nnd:"):
-            continue
-        name = event.name[4:]
-        total, conv = event.cpu_time_total, _conv_time(event)
-        # A block's range holds its units' ranges: its own part is what they leave.
-        for child in _descendant_ranges(event):
-            total -= child.cpu_time_total
-            conv -= _conv_time(child)
-        times[name] = (total / 1e3, conv / 1e3)
-    return times
-
-
-def _descendant_ranges(event):
-    """The nearest nnd: ranges below ``event``."""
-    found = []
-    for child in event.cpu_children:
-        if child.name.startswith("nnd:"):
-            found.append(child)
-        else:
-            found.extend(_descendant_ranges(child))
-    return found
 
 
 def _median(samples, order):

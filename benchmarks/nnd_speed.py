@@ -16,7 +16,8 @@ Reported per case: the median time of each, the speed-up ``plain / skip`` (the m
 ratios), and the ratio of conv multiply-adds ``plain / skip`` that the skipping path counts; the target is a
 speed-up of at least half the multiply-add ratio, and at least 0.95x at 100% open. ``--profile`` adds, for
 one case per network, the time of each gated layer and block split into its convs and the rest
-(torch.profiler, which adds a few microseconds per op to the rest).
+(nnd_profile.py: wall-clock timers around each layer and conv). Both paths run the maps in the layout
+``--memory-format`` says (auto: the paths' default, channels_last on the CPU).
 
 The allocator regime is printed: run with ``MALLOC_MMAP_THRESHOLD_=4294967296
 MALLOC_TRIM_THRESHOLD_=4294967296`` to keep glibc from mapping and unmapping large tensors on every call.
@@ -207,7 +208,9 @@ def run(args):
             torch.set_num_threads(1)
             share = 0.5 if 0.5 in nets else args.shares[-1]
             images = torch.randn(1, 3, args.size, args.size)
-            profiles[name] = profile_layers(nets[share], images, MEMORY_FORMATS[args.memory_format])
+            memory_format = MEMORY_FORMATS[args.memory_format]
+            profiles[name] = profile_layers(nets[share], images, memory_format)
+            profiles[name]["plain"] = profile_layers(base, images, memory_format, plain=True)
             profiles[name]["case"] = f"batch 1, 1 thread, {share:.0%} open"
     return rows, profiles, time.perf_counter() - started
 
@@ -227,14 +230,21 @@ def markdown(rows, profiles) -> str:
                      f"{row['plain_ms']:.2f} | {row['skip_ms']:.2f} | {row['speedup']:.2f}x | "
                      f"{row['mac_ratio']:.2f}x | {row['target']:.2f}x | {'yes' if row['met'] else 'no'} |")
     for name, profile in profiles.items():
-        lines += ["", f"Per layer, {name}, {profile['case']} (torch.profiler; ms):", "",
-                  "| layer | total | convs | rest | rest share |", "|---|---|---|---|---|"]
+        lines += ["", f"Per layer, {name}, {profile['case']} (wall-clock timers; ms; plain: the same layer without "
+                  "its gates):", "",
+                  "| layer | skip total | skip convs | skip rest | rest share | plain convs | plain rest |",
+                  "|---|---|---|---|---|---|---|"]
+        plain = {layer["name"]: layer for layer in profile["plain"]["layers"]}
         for layer in profile["layers"]:
+            other = plain[layer["name"]]
             lines.append(f"| {layer['name']} | {layer['total_ms']:.3f} | {layer['conv_ms']:.3f} | "
-                         f"{layer['rest_ms']:.3f} | {layer['rest_ms'] / max(layer['total_ms'], 1e-9):.0%} |")
+                         f"{layer['rest_ms']:.3f} | {layer['rest_ms'] / max(layer['total_ms'], 1e-9):.0%} | "
+                         f"{other['conv_ms']:.3f} | {other['rest_ms']:.3f} |")
+        whole = profile["plain"]
         lines.append(f"| **forward** | {profile['total_ms']:.3f} | {profile['conv_ms']:.3f} | "
                      f"{profile['total_ms'] - profile['conv_ms']:.3f} | "
-                     f"{1 - profile['conv_ms'] / profile['total_ms']:.0%} |")
+                     f"{1 - profile['conv_ms'] / profile['total_ms']:.0%} | {whole['conv_ms']:.3f} | "
+                     f"{whole['total_ms'] - whole['conv_ms']:.3f} |")
     return "\n".join(lines)
 
 

@@ -164,11 +164,19 @@ def test_the_speed_benchmark_runs_and_checks_its_paths(tmp_path):
 
     out = tmp_path / "speed.json"
     nnd_speed.main(["--models", "resnet18", "--batches", "1", "2", "--threads", "1", "--shares", "1", "0.5",
-                    "--size", "64", "--rounds", "1", "--json", str(out)])
-    rows = json.loads(out.read_text())["rows"]
+                    "--size", "64", "--rounds", "1", "--profile", "--json", str(out)])
+    result = json.loads(out.read_text())
+    rows = result["rows"]
     assert [(r["batch"], r["share"]) for r in rows] == [(1, 1.0), (1, 0.5), (2, 1.0), (2, 0.5)]
     assert all(r["plain_ms"] > 0 and r["skip_ms"] > 0 for r in rows)
     assert rows[0]["mac_ratio"] == 1.0 and rows[1]["mac_ratio"] > 1.5
+    # the per-layer profile: every gated layer and block of the skipping path and of plain, convs within totals
+    profile = result["profiles"]["resnet18"]
+    names = [layer["name"] for layer in profile["layers"]]
+    assert names[0] == "conv1" and "layer4.1.unit1" in names and len(names) == 17
+    assert [layer["name"] for layer in profile["plain"]["layers"]] == names
+    for layers in (profile["layers"], profile["plain"]["layers"]):
+        assert all(0 < layer["conv_ms"] <= layer["total_ms"] for layer in layers)
 
 
 def test_pattern_cache_is_bounded_in_bytes_and_keeps_the_newest():
