@@ -7,7 +7,8 @@
 torchvision's ResNet-18 and ResNet-50 (random weights, 1000 classes) are decoupled, and every gated layer's
 gates are set by hand to a fixed choice of filters (a seeded random subset of ``share`` of them, the same for
 every input: the controller still runs, its output is fixed by its biases), since the speed does not depend
-on how the gates were learned. For each batch size and thread count, these run interleaved, round by round:
+on how the gates were learned. For each batch size, thread count and share, these run interleaved, round by
+round, the order reversed every other round (``--interleave all``: plain and every share in each round):
 - ``plain``: ``DecoupledNet.forward_plain``, the network without gates: every filter, no controller, each
   conv's batch norm folded in;
 - ``skip@S``: ``DecoupledNet.forward_skip`` with ``S`` of each gated layer's filters open: the controllers,
@@ -97,26 +98,33 @@ def time_call(call) -> float:
     return time.perf_counter() - start
 
 
-def measure_case(base, nets, images, rounds: int, memory_format):
-    """Median seconds of plain and of each skip@share, interleaved round by round, and the median of the
-    per-round ratios plain / skip."""
-    calls = {"plain": lambda: base.forward_plain(images, memory_format=memory_format)}
-    for share, net in nets.items():
-        calls[share] = (lambda n: lambda: n.forward_skip(images, memory_format=memory_format))(net)
-    for call in calls.values():  # warm-up: the pattern caches fill, oneDNN picks its kernels
-        call()
-        call()
-    times = {impl: [] for impl in calls}
-    order = list(calls)
-    for round_index in range(rounds):
-        # every other round in reverse order, so that a drift of the machine's speed within a round (seen
-        # here: the same conv at 27 and at 37 ms, minutes apart) does not always favour the same path
-        for impl in (order if round_index % 2 == 0 else order[::-1]):
-            times[impl].append(time_call(calls[impl]))
-    result = {"plain_ms": 1e3 * statistics.median(times["plain"])}
-    for share in nets:
-        ratios = [p / s for p, s in zip(times["plain"], times[share])]
-        result[share] = {"skip_ms": 1e3 * statistics.median(times[share]), "speedup": statistics.median(ratios)}
+def measure_case(base, nets, images, rounds: int, memory_format, interleave: str = "pairs"):
+    """{share: {plain_ms, skip_ms, speedup}}: median times and the median of the per-round ratios plain / skip.
+    ``interleave="pairs"``: for each share in turn, plain and skip@share alternate round by round, two
+    networks in memory, as one network is in use; ``"all"``: plain and every skip@share in each round, five
+    networks whose weights (ResNet-50: 100 MB each) push each other out of the caches, so that every
+    forward starts cold (a harder case for the skipping path, whose controllers add 8 MB of weights)."""
+    plain = lambda: base.forward_plain(images, memory_format=memory_format)  # noqa: E731
+    skips = {share: (lambda n: lambda: n.forward_skip(images, memory_format=memory_format))(net)
+             for share, net in nets.items()}
+    groups = [[share] for share in nets] if interleave == "pairs" else [list(nets)]
+    result = {}
+    for group in groups:
+        calls = {"plain": plain, **{share: skips[share] for share in group}}
+        for call in calls.values():  # warm-up: the pattern caches fill, oneDNN picks its kernels
+            call()
+            call()
+        times = {impl: [] for impl in calls}
+        order = list(calls)
+        for round_index in range(rounds):
+            # every other round in reverse order, so that a drift of the machine's speed within a round (seen
+            # here: the same conv at 23 and at 31 ms, seconds apart) does not always favour the same path
+            for impl in (order if round_index % 2 == 0 else order[::-1]):
+                times[impl].append(time_call(calls[impl]))
+        for share in group:
+            ratios = [p / s for p, s in zip(times["plain"], times[share])]
+            result[share] = {"plain_ms": 1e3 * statistics.median(times["plain"]),
+                             "skip_ms": 1e3 * statistics.median(times[share]), "speedup": statistics.median(ratios)}
     return result
 
 
@@ -193,11 +201,12 @@ def run(args):
             for threads in args.threads:
                 torch.set_num_threads(threads)
                 rounds = args.rounds or (15 if batch == 1 else 3)
-                measured = measure_case(base, nets, images, rounds, MEMORY_FORMATS[args.memory_format])
+                measured = measure_case(base, nets, images, rounds, MEMORY_FORMATS[args.memory_format],
+                                        args.interleave)
                 for share in args.shares:
                     plain_macs, skip_macs = macs[share]
                     rows.append(dict(model=name, batch=batch, threads=threads, share=share, rounds=rounds,
-                                     plain_ms=measured["plain_ms"], **measured[share],
+                                     **measured[share],
                                      mac_ratio=plain_macs / skip_macs,
                                      gmacs_per_image=plain_macs / 1e9 / checked.shape[0]))
                     row = rows[-1]
@@ -256,6 +265,9 @@ def main(argv=None):
     parser.add_argument("--shares", nargs="+", type=float, default=list(SHARES))
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--rounds", type=int, default=0, help="rounds per case (default 15 at batch 1, else 3)")
+    parser.add_argument("--interleave", choices=["pairs", "all"], default="pairs",
+                        help="pairs: plain and one skip@share alternate, share by share; all: plain and every "
+                             "share in each round (five networks in memory)")
     parser.add_argument("--memory-format", choices=sorted(MEMORY_FORMATS), default="auto",
                         help="the maps' layout on both paths (auto: the paths' default, channels_last on the CPU)")
     parser.add_argument("--profile", action="store_true", help="per-layer convs and rest, batch 1, 1 thread")
@@ -271,7 +283,7 @@ def main(argv=None):
         parser.error(f"--shares must lie in (0, 1], got {args.shares}")
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
           f"allocator: {allocator_regime()}; images {args.size} px, "
-          f"memory format {args.memory_format}", flush=True)
+          f"memory format {args.memory_format}, interleaved {args.interleave}", flush=True)
     rows, profiles, seconds = run(args)
     compiled = compile_check(args.models[0], 0.5, args.size) if args.compile else None
     print(f"total {seconds:.0f} s")
@@ -280,7 +292,7 @@ def main(argv=None):
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"allocator": allocator_regime(), "torch": torch.__version__, "seconds": seconds,
-                       "memory_format": args.memory_format, "rows": rows, "profiles": profiles,
+                       "memory_format": args.memory_format, "interleave": args.interleave, "rows": rows, "profiles": profiles,
                        "compile": compiled}, f, indent=1)
     return 0 if all(row["met"] for row in rows) else 1
 
