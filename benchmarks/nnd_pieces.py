@@ -7,8 +7,11 @@ acceleration", "Why, measured"):
 2. at 100% open, batch 1, for each network and thread count: per forward, the time of the controllers
    (``gates_of_map``, the fused op) and of the gated layers in all, on the skipping path and on plain;
 3. the controller in place, batch 1, 1 thread: the fused op against the composition it replaces (mean, two
-   Linears, ReLU), each computed in every gated layer of a forward, in both orders.
-All wall clock, medians or sums over 20 forwards after 3 of warm-up.
+   Linears, ReLU), each computed in every gated layer of a forward, in both orders;
+4. the layout, ResNet-50 at 25% and 100% open, 2 threads, batch 1 and 32: forward_plain and forward_skip with
+   the maps contiguous and channels_last (the paths' default on the CPU), interleaved round by round.
+All wall clock, medians or sums over 20 forwards after 3 of warm-up (4: medians of 9 rounds at batch 1, 3 at
+batch 32).
 """
 import statistics
 import sys
@@ -114,7 +117,31 @@ def main():
             ms = controller_in_place(net, images, order)
             print(f"{name} B=1 1 thread, controllers in place ({' first, '.join(order)} second), ms per forward: "
                   f"{ {k: round(v, 3) for k, v in ms.items()} }")
+    layouts()
     return 0
+
+
+def layouts():
+    torch.set_num_threads(2)
+    base, nets = nets_by_share("resnet50", [1.0, 0.25])
+    for batch, rounds in ((1, 9), (32, 3)):
+        images = torch.randn(batch, 3, 224, 224)
+        calls = {}
+        for label, memory_format in (("contiguous", torch.contiguous_format), ("channels_last", torch.channels_last)):
+            calls[f"plain {label}"] = (lambda m: lambda: base.forward_plain(images, memory_format=m))(memory_format)
+            for share, net in nets.items():
+                calls[f"skip@{share:.0%} {label}"] = (
+                    lambda n, m: lambda: n.forward_skip(images, memory_format=m))(net, memory_format)
+        for call in calls.values():
+            call()
+        times = defaultdict(list)
+        for _ in range(rounds):
+            for label, call in calls.items():
+                start = time.perf_counter()
+                call()
+                times[label].append(1e3 * (time.perf_counter() - start))
+        print(f"resnet50 B={batch} 2 threads, layouts, median ms: "
+              f"{ {k: round(statistics.median(v), 2) for k, v in times.items()} }")
 
 
 if __name__ == "__main__":

@@ -200,7 +200,7 @@ def run(args):
             macs = macs_of(base, nets, checked)
             for threads in args.threads:
                 torch.set_num_threads(threads)
-                rounds = args.rounds or (15 if batch == 1 else 3)
+                rounds = args.rounds or (25 if batch == 1 else 5)
                 measured = measure_case(base, nets, images, rounds, MEMORY_FORMATS[args.memory_format],
                                         args.interleave)
                 for share in args.shares:
@@ -264,7 +264,7 @@ def main(argv=None):
     parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--shares", nargs="+", type=float, default=list(SHARES))
     parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--rounds", type=int, default=0, help="rounds per case (default 15 at batch 1, else 3)")
+    parser.add_argument("--rounds", type=int, default=0, help="rounds per case (default 25 at batch 1, else 5)")
     parser.add_argument("--interleave", choices=["pairs", "all"], default="pairs",
                         help="pairs: plain and one skip@share alternate, share by share; all: plain and every "
                              "share in each round (five networks in memory)")

@@ -124,11 +124,11 @@ _LAYOUTS = (torch.contiguous_format, torch.channels_last, torch.preserve_format)
 
 def skip_layout(images: torch.Tensor, memory_format: Optional[torch.memory_format], op: str) -> torch.Tensor:
     """The images in the layout the skipping path (and plain) run in. None: channels_last for (B, C, H, W)
-    images on the CPU, else as they are. On these CPUs channels_last is the faster layout for both paths, and
+    images on the CPU, else as they are. On the CPU channels_last is the faster layout for both paths, and
     more so for the skipping path's narrow convs (ResNet-50 at 224 px, 2 threads, 25% of the filters open:
-    22.7 ms against 25.4 ms at batch 1, 341 ms against 556 ms at batch 32; benchmarks/nnd_speed.py
-    --memory-format): oneDNN's convs read and write it without reordering, and torch's max pool is several
-    times faster in it. ``torch.contiguous_format`` or ``torch.preserve_format`` (as given) choose otherwise."""
+    20.3 ms against 23.5 ms contiguous at batch 1, 345 ms against 485 ms at batch 32; benchmarks/nnd_pieces.py):
+    oneDNN's convs read and write it without reordering, and torch's max pool is several times faster in it.
+    ``torch.contiguous_format``, or ``torch.preserve_format`` (as given), choose otherwise."""
     if memory_format is None:
         memory_format = (torch.channels_last if images.device.type == "cpu" and images.dim() == 4
                          else torch.preserve_format)
