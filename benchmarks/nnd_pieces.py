@@ -9,7 +9,9 @@ acceleration", "Why, measured"):
 3. the controller in place, batch 1, 1 thread: the fused op against the composition it replaces (mean, two
    Linears, ReLU), each computed in every gated layer of a forward, in both orders;
 4. the layout, ResNet-50 at 25% and 100% open, 2 threads, batch 1 and 32: forward_plain and forward_skip with
-   the maps contiguous and channels_last (the paths' default on the CPU), interleaved round by round.
+   the maps contiguous and channels_last (the paths' default on the CPU), interleaved round by round;
+5. the activation both paths run, relu_mean_, against torch.relu_ (a unit's ReLU) and add_ + relu_ (a
+   block's residual sum), on the channels_last maps of a ResNet-50 forward at batch 1, summed per forward.
 All wall clock, medians or sums over 20 forwards after 3 of warm-up (4: medians of 9 rounds at batch 1, 3 at
 batch 32).
 """
@@ -23,6 +25,7 @@ import torch
 from nnd_speed import allocator_regime, nets_by_share
 from picnn_ext.models import gated, skip
 from picnn_ext.nn.controller import ArchitectureController
+from picnn_ext.ops import relu_mean_
 
 FORWARDS = 20
 
@@ -118,7 +121,42 @@ def main():
             print(f"{name} B=1 1 thread, controllers in place ({' first, '.join(order)} second), ms per forward: "
                   f"{ {k: round(v, 3) for k, v in ms.items()} }")
     layouts()
+    for threads in (1, 2):
+        activations(threads)
     return 0
+
+
+# The (C, H, W) maps of a ResNet-50 at 224 px and how many times a forward activates each: the units' ReLU,
+# and the blocks' residual sum and ReLU.
+UNIT_MAPS = {(64, 112, 112): 1, (64, 56, 56): 6, (128, 56, 56): 1, (128, 28, 28): 7, (256, 28, 28): 1,
+             (256, 14, 14): 11, (512, 14, 14): 1, (512, 7, 7): 5}
+BLOCK_MAPS = {(256, 56, 56): 3, (512, 28, 28): 4, (1024, 14, 14): 6, (2048, 7, 7): 3}
+
+
+def activations(threads):
+    torch.set_num_threads(threads)
+
+    def median_ms(call, rounds=200):
+        for _ in range(10):
+            call()
+        times = []
+        for _ in range(rounds):
+            start = time.perf_counter()
+            call()
+            times.append(1e3 * (time.perf_counter() - start))
+        return statistics.median(times)
+
+    totals = defaultdict(float)
+    for maps, residual in ((UNIT_MAPS, False), (BLOCK_MAPS, True)):
+        for shape, count in maps.items():
+            x = torch.randn(1, *shape).contiguous(memory_format=torch.channels_last)
+            r = torch.randn_like(x) if residual else None
+            part = "blocks" if residual else "units"
+            totals[f"{part} relu_mean_"] += count * median_ms(lambda: relu_mean_(x, r))
+            torch_ops = (lambda: torch.relu_(x.add_(r))) if residual else (lambda: torch.relu_(x))
+            totals[f"{part} {'add_+relu_' if residual else 'relu_'}"] += count * median_ms(torch_ops)
+    print(f"resnet50 B=1 {threads} thread(s), activations on channels_last maps, ms per forward: "
+          f"{ {k: round(v, 3) for k, v in totals.items()} }")
 
 
 def layouts():

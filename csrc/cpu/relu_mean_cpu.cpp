@@ -56,23 +56,53 @@ PICNN_MULTIVERSION void relu_rows(scalar_t* x, const scalar_t* r, scalar_t* mean
 }
 
 // The same for channels_last positions, (positions, n) rows: x[s, c] = max(x[s, c] + r[s, c], 0),
-// acc[c] += x[s, c]; both loops in one call, so that few channels pay no call per position.
+// acc[c] += x[s, c]; both loops in one call, so that few channels pay no call per position, and four positions
+// a step, so that acc is loaded and stored once per four rows (one row a step made this 3x torch.relu_'s time
+// on a ResNet-50's channels_last maps with 2 threads).
 template <typename scalar_t>
 PICNN_MULTIVERSION void relu_accumulate(scalar_t* x, const scalar_t* r, scalar_t* acc, int64_t positions,
                                         int64_t n) {
-  for (int64_t s = 0; s < positions; ++s, x += n) {
+  const auto relu = [](scalar_t v) { return v > scalar_t(0) ? v : scalar_t(0); };
+  int64_t s = 0;
+  for (; s + 4 <= positions; s += 4, x += 4 * n) {
+    scalar_t *x0 = x, *x1 = x + n, *x2 = x + 2 * n, *x3 = x + 3 * n;
     if (r == nullptr) {
 #pragma omp simd
       for (int64_t i = 0; i < n; ++i) {
-        const scalar_t v = x[i] > scalar_t(0) ? x[i] : scalar_t(0);
+        const scalar_t v0 = relu(x0[i]), v1 = relu(x1[i]), v2 = relu(x2[i]), v3 = relu(x3[i]);
+        x0[i] = v0;
+        x1[i] = v1;
+        x2[i] = v2;
+        x3[i] = v3;
+        acc[i] += (v0 + v1) + (v2 + v3);
+      }
+    } else {
+      const scalar_t *r0 = r, *r1 = r + n, *r2 = r + 2 * n, *r3 = r + 3 * n;
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) {
+        const scalar_t v0 = relu(x0[i] + r0[i]), v1 = relu(x1[i] + r1[i]), v2 = relu(x2[i] + r2[i]),
+                       v3 = relu(x3[i] + r3[i]);
+        x0[i] = v0;
+        x1[i] = v1;
+        x2[i] = v2;
+        x3[i] = v3;
+        acc[i] += (v0 + v1) + (v2 + v3);
+      }
+      r += 4 * n;
+    }
+  }
+  for (; s < positions; ++s, x += n) {
+    if (r == nullptr) {
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) {
+        const scalar_t v = relu(x[i]);
         x[i] = v;
         acc[i] += v;
       }
     } else {
 #pragma omp simd
       for (int64_t i = 0; i < n; ++i) {
-        const scalar_t t = x[i] + r[i];
-        const scalar_t v = t > scalar_t(0) ? t : scalar_t(0);
+        const scalar_t v = relu(x[i] + r[i]);
         x[i] = v;
         acc[i] += v;
       }
@@ -131,18 +161,25 @@ at::Tensor relu_mean_cpu(at::Tensor& x, const std::optional<at::Tensor>& residua
       return;
     }
     // (B, S, C): positions split over the threads, each thread adding into its own (B, C) partial sums.
-    const int64_t threads = at::get_num_threads();
-    std::vector<scalar_t> partial(static_cast<size_t>(threads) * batch * channels, scalar_t(0));
     const int64_t grain = std::max<int64_t>(1, kGrainElements / channels);
-    at::parallel_for(0, batch * positions, grain, [&](int64_t begin, int64_t end) {
-      scalar_t* acc = partial.data() + static_cast<int64_t>(at::get_thread_num()) * batch * channels;
-      // [begin, end) may span samples: one call per sample's part of it.
+    // [begin, end) of the B*S positions may span samples: one call per sample's part of it.
+    const auto relu_positions = [&](scalar_t* acc, int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end;) {
         const int64_t b = i / positions, stop = std::min(end, (b + 1) * positions);
         const int64_t offset = i * channels;
         relu_accumulate(xp + offset, rp == nullptr ? nullptr : rp + offset, acc + b * channels, stop - i, channels);
         i = stop;
       }
+    };
+    const int64_t threads = at::get_num_threads();
+    if (threads == 1 || batch * positions <= grain || at::in_parallel_region()) {  // one task: no partials
+      relu_positions(mp, 0, batch * positions);
+      for (int64_t i = 0; i < batch * channels; ++i) mp[i] *= inv_positions;
+      return;
+    }
+    std::vector<scalar_t> partial(static_cast<size_t>(threads) * batch * channels, scalar_t(0));
+    at::parallel_for(0, batch * positions, grain, [&](int64_t begin, int64_t end) {
+      relu_positions(partial.data() + static_cast<int64_t>(at::get_thread_num()) * batch * channels, begin, end);
     });
     for (int64_t t = 0; t < threads; ++t) {
       const scalar_t* acc = partial.data() + t * batch * channels;
