@@ -292,8 +292,8 @@ def main(argv=None):
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"allocator": allocator_regime(), "torch": torch.__version__, "seconds": seconds,
-                       "memory_format": args.memory_format, "interleave": args.interleave, "rows": rows, "profiles": profiles,
-                       "compile": compiled}, f, indent=1)
+                       "memory_format": args.memory_format, "interleave": args.interleave, "rows": rows,
+                       "profiles": profiles, "compile": compiled}, f, indent=1)
     return 0 if all(row["met"] for row in rows) else 1
 
 
