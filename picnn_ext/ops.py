@@ -58,7 +58,7 @@ def backend_for(device: torch.device | str, *, warn: bool = True) -> str:
 
 
 _NATIVE_OPS, _PYTHON_OPS = torch.ops.picnn, torch.ops.picnn_py
-# The dtypes of the compiled controller_logits and relu_mean_ kernels (the others take the composition).
+# The dtypes of the compiled kernels of NND's inference ops (the others take the composition).
 _COMPILED_CONTROLLER_DTYPES = (torch.float32, torch.float64)
 _NATIVE_SETTINGS = ("auto", "native")
 
@@ -112,13 +112,7 @@ def controller_logits(x: torch.Tensor, weight1: torch.Tensor, bias1: torch.Tenso
     so where one is wanted (grad mode on and an input that requires it) the differentiable composition of
     torch ops runs instead, as it does for other dtypes and devices.
     """
-    check_tensor(x, "controller_logits", "x")
-    # Grad mode is off on the skipping path, where this runs once per layer: that answer comes first.
-    wants_grad = torch.is_grad_enabled() and any(
-        isinstance(t, torch.Tensor) and t.requires_grad for t in (x, weight1, bias1, weight2, bias2))
-    if wants_grad or x.dtype not in _COMPILED_CONTROLLER_DTYPES:
-        return reference.controller_logits(x, weight1, bias1, weight2, bias2)
-    return _ops(x, "controller_logits", "x").controller_logits(x, weight1, bias1, weight2, bias2)
+    return _inference_op("controller_logits", x, weight1, bias1, weight2, bias2)
 
 
 def controller_gates(x: torch.Tensor, weight1: torch.Tensor, bias1: torch.Tensor, weight2: torch.Tensor,
@@ -128,12 +122,7 @@ def controller_gates(x: torch.Tensor, weight1: torch.Tensor, bias1: torch.Tensor
     filters to compute; ``mixed``, a bool scalar tensor: some sample closes a filter that another opens.
     Inference only (z carries no gradient from the compiled kernel; the composition runs where one is wanted).
     """
-    check_tensor(x, "controller_gates", "x")
-    wants_grad = torch.is_grad_enabled() and any(
-        isinstance(t, torch.Tensor) and t.requires_grad for t in (x, weight1, bias1, weight2, bias2))
-    if wants_grad or x.dtype not in _COMPILED_CONTROLLER_DTYPES:
-        return reference.controller_gates(x, weight1, bias1, weight2, bias2)
-    return _ops(x, "controller_gates", "x").controller_gates(x, weight1, bias1, weight2, bias2)
+    return _inference_op("controller_gates", x, weight1, bias1, weight2, bias2)
 
 
 def relu_mean_(x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
@@ -144,9 +133,15 @@ def relu_mean_(x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.T
     The compiled CPU kernel (float32, float64) has no gradient, so where one is wanted the composition of
     torch ops runs instead, as it does for other dtypes and devices.
     """
-    check_tensor(x, "relu_mean_", "x")
-    wants_grad = torch.is_grad_enabled() and (x.requires_grad or (
-        isinstance(residual, torch.Tensor) and residual.requires_grad))
+    return _inference_op("relu_mean_", x, residual)
+
+
+def _inference_op(name: str, x: torch.Tensor, *args):
+    """NND's inference ops: the compiled kernel, which has no gradient, where it serves (float32 or float64,
+    no gradient wanted), else the differentiable composition of torch ops (picnn_ext.reference)."""
+    check_tensor(x, name, "x")
+    # Grad mode is off on the skipping path, where these run once per layer: that answer comes first.
+    wants_grad = torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in (x, *args))
     if wants_grad or x.dtype not in _COMPILED_CONTROLLER_DTYPES:
-        return reference.relu_mean_(x, residual)
-    return _ops(x, "relu_mean_", "x").relu_mean_(x, residual)
+        return getattr(reference, name)(x, *args)
+    return getattr(_ops(x, name, "x"), name)(x, *args)
