@@ -83,10 +83,13 @@ class ArchitectureController(nn.Module):
         channels, when the caller keeps them. The parameters are read from the modules' dicts: this runs once
         per layer between two convs, from cold caches, where each nn.Module attribute lookup costs
         microseconds."""
-        fc1, fc2 = self._modules["fc1"]._parameters, self._modules["fc2"]._parameters
+        fc1, fc2 = self._modules["fc1"], self._modules["fc2"]
+        p1, p2 = fc1._parameters, fc2._parameters
+        if len(p1) != 2 or len(p2) != 2:  # a parametrized (or otherwise rebuilt) Linear: its attributes
+            p1, p2 = {"weight": fc1.weight, "bias": fc1.bias}, {"weight": fc2.weight, "bias": fc2.bias}
         if weight1 is None:
-            weight1 = fc1["weight"] if in_index is None else fc1["weight"].index_select(1, in_index)
-        return controller_gates(x, weight1, fc1["bias"], fc2["weight"], fc2["bias"])
+            weight1 = p1["weight"] if in_index is None else p1["weight"].index_select(1, in_index)
+        return controller_gates(x, weight1, p1["bias"], p2["weight"], p2["bias"])
 
     def logits(self, layer_input: torch.Tensor) -> torch.Tensor:
         """z, (B, out_channels)."""
